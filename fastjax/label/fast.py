@@ -1,0 +1,297 @@
+"""FAST's two-pass labeling (Algorithm 1), run for every client.
+
+Preliminary pass: weak labels for each client's unlabeled pool by kNN over the labeled
+embeddings (`knn_propagate`). Refinement pass: a per-class score vector (Eq. 7
+prototype similarity, or FAST-official's kNN vote fractions), its uncertainty (Eq. 8 or
+a Table VII measure), and the b_k = B / K most uncertain samples (Eq. 5) go to the
+oracle. The result is a plain frozen value for the federate stage.
+
+Paper vs FAST-official (Haoyuan-L/FAST-official), as options; the paper is the default:
+
+  option            paper (default)       FAST-official
+  score_source      "prototype" (Eq. 7)   "knn_votes" (`get_logits_from_knn`, src/data.py)
+  measure           "entropy" (Eq. 8)     "norm" (`get_data(..., uncertainty="norm")`)
+  normalize         "softmax" (Eq. 8)     "sum" for entropy (`compute_entropy`), "none"
+                                          for the other measures
+  class_aware       False                 True (hard-coded `class_aware = True` in
+                                          src/data.py `get_data`)
+  labeled_source    "own"                 "shared" (their kNN runs once on the pooled
+                                          seed set before the data are split)
+
+Example (two clients, 2-D embeddings):
+
+    >>> import numpy as np
+    >>> from fastjax.partition.types import ClientPool, Oracle
+    >>> emb = np.array([[0, 0], [0, 1], [5, 5], [5, 6], [0, 2], [5, 7]], np.float32)
+    >>> y = np.array([0, 0, 1, 1, 0, 1])
+    >>> pools = [ClientPool(0, np.array([0, 2]), y[[0, 2]], np.array([4])),
+    ...          ClientPool(1, np.array([1, 3]), y[[1, 3]], np.array([5]))]
+    >>> res = label_clients(pools, emb, Oracle(y), 2, budget=1, k=1)
+    >>> res.annotations, res.train_y[0].tolist(), res.weak_acc_before_overall
+    (1, [0, 1, 0], 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from fastjax.label.propagate import TIE_BREAKS, knn_propagate, prototype_similarity
+from fastjax.label.query import STRATEGIES, client_budgets, select
+from fastjax.label.uncertainty import check_names, uncertainty
+from fastjax.partition.types import ClientPool, Oracle
+
+SCORE_SOURCES = ("prototype", "knn_votes")
+LABELED_SOURCES = ("own", "shared")
+MERGES = ("human+weak", "human", "weak", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelingResult:
+    """Training labels per client after the two passes, plus label-quality records.
+
+    Per client k (tuples indexed by position in `pools`):
+      train_idx[k]  global train indices to train on (seed first, then pool order);
+      train_y[k]    their labels (human for seed and queried samples, else weak);
+      is_human[k]   True where the label is a seed label or an oracle answer;
+      queried_idx[k] global indices sent to the oracle;
+      client_budgets[k] b_k in use; weak_acc_before[k] / weak_acc_after[k]: accuracy of
+      the weak labels over the client's unlabeled pool before refinement and after the
+      queried ones are replaced by oracle labels (nan for an empty pool).
+    Totals: `budget` (the global B in use; 0 for merge "weak"/"seed"), `annotations`
+    (distinct oracle queries this call made), `seed_labels` (seed labels, counted apart
+    from annotations), `confusion` (C, C) int64 with rows = true class and columns =
+    weak label over all unlabeled pools before refinement, `shared_embedding_bytes`
+    (0 unless labeled_source="shared"; see `label_clients`).
+    """
+
+    train_idx: tuple[np.ndarray, ...]
+    train_y: tuple[np.ndarray, ...]
+    is_human: tuple[np.ndarray, ...]
+    queried_idx: tuple[np.ndarray, ...]
+    client_budgets: np.ndarray
+    weak_acc_before: np.ndarray
+    weak_acc_after: np.ndarray
+    weak_acc_before_overall: float
+    weak_acc_after_overall: float
+    confusion: np.ndarray
+    budget: int
+    annotations: int
+    seed_labels: int
+    shared_embedding_bytes: int
+    num_classes: int
+    options: dict
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train_idx)
+
+
+def shared_embedding_bytes(seed_counts: Sequence[int], dim: int) -> int:
+    """Bytes to pool the seeds through the server (labeled_source="shared").
+
+    Convention: each seed sample travels as a float32 embedding (4 * dim bytes) plus an
+    int32 label (4 bytes). Every client uploads its own seeds once, and the server sends
+    the whole pooled set (own seeds included) down to each of the K clients:
+    bytes = (N + K * N) * (4 * dim + 4), N = total seeds.
+    """
+    n = int(np.sum(seed_counts))
+    return (n + len(seed_counts) * n) * (4 * int(dim) + 4)
+
+
+def _check_options(k, measure, normalize, score_source, strategy, labeled_source, merge,
+                   tie_break):
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    check_names(measure, normalize)
+    for name, value, allowed in (("score_source", score_source, SCORE_SOURCES),
+                                 ("strategy", strategy, STRATEGIES),
+                                 ("labeled_source", labeled_source, LABELED_SOURCES),
+                                 ("merge", merge, MERGES),
+                                 ("tie_break", tie_break, TIE_BREAKS)):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_pools(pools, n_train, num_classes):
+    if len(pools) == 0:
+        raise ValueError("label_clients needs at least one ClientPool")
+    for p in pools:
+        for name, ix in (("labeled_idx", p.labeled_idx), ("unlabeled_idx", p.unlabeled_idx)):
+            ix = np.asarray(ix)
+            if ix.ndim != 1 or (ix.size and (ix.min() < 0 or ix.max() >= n_train)):
+                raise ValueError(f"client {p.client}: {name} must be 1-D indices in "
+                                 f"[0, {n_train}) (rows of embeddings)")
+        y = np.asarray(p.labeled_y)
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"client {p.client}: labeled_y outside [0, {num_classes})")
+
+
+def _resolve_budget(budget, budget_fraction, total_pool, merge):
+    if merge in ("weak", "seed"):
+        return 0
+    if (budget is None) == (budget_fraction is None):
+        raise ValueError("give exactly one of budget (a global count) or budget_fraction "
+                         f"(of all unlabeled samples); got budget={budget}, "
+                         f"budget_fraction={budget_fraction}")
+    if budget_fraction is not None:
+        if not 0.0 <= float(budget_fraction) <= 1.0:
+            raise ValueError(f"budget_fraction must be in [0, 1]; got {budget_fraction}")
+        # As FAST-official: int(query_ratio * len(unlabeled_indices)).
+        return int(math.floor(float(budget_fraction) * total_pool))
+    budget = int(budget)
+    if budget < 0 or budget > total_pool:
+        raise ValueError(f"budget must be in [0, {total_pool}] (all unlabeled samples); "
+                         f"got {budget}")
+    return budget
+
+
+def _accuracy(pred, true) -> float:
+    return float(np.mean(pred == true)) if true.size else math.nan
+
+
+def label_clients(
+    pools: Sequence[ClientPool],
+    embeddings: np.ndarray,
+    oracle: Oracle,
+    num_classes: int,
+    *,
+    budget_fraction: float | None = None,
+    budget: int | None = None,
+    k: int = 10,
+    measure: str = "entropy",
+    score_source: str = "prototype",
+    normalize: str = "softmax",
+    class_aware: bool = False,
+    strategy: str = "uncertainty",
+    labeled_source: str = "own",
+    merge: str = "human+weak",
+    tie_break: str = "nearest",
+    block_size: int = 4096,
+    seed: int = 0,
+) -> LabelingResult:
+    """Algorithm 1's two passes for every client; see the module docstring for options.
+
+    embeddings: (N_train, d), row i = global train index i. budget / budget_fraction:
+    the global budget B (count, or fraction of all clients' unlabeled samples, floored),
+    shared over clients by `client_budgets` (Eq. 5). labeled_source: "own" = each client
+    propagates from its own seed; "shared" = all seeds pooled through the server are the
+    labeled set for everyone, costing `shared_embedding_bytes(...)`. merge:
+    "human+weak" seed + oracle labels + weak labels for the rest; "human" seed + oracle
+    labels only; "weak" seed + weak labels for the whole pool (no oracle); "seed" seed only.
+    Randomness (strategy="random") comes from PRNGKey(seed) folded with the client id.
+    """
+    _check_options(k, measure, normalize, score_source, strategy, labeled_source, merge,
+                   tie_break)
+    num_classes = int(num_classes)
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (N_train, d); got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise ValueError("embeddings contain NaN or inf; clean them before labeling")
+    emb = emb.astype(np.float32, copy=False)
+    pools = list(pools)
+    _check_pools(pools, emb.shape[0], num_classes)
+    pool_sizes = [len(p.unlabeled_idx) for p in pools]
+    total_budget = _resolve_budget(budget, budget_fraction, int(sum(pool_sizes)), merge)
+    budgets = client_budgets(total_budget, pool_sizes)
+
+    shared_bytes = 0
+    if labeled_source == "shared":
+        shared_idx = np.concatenate([np.asarray(p.labeled_idx, np.int64) for p in pools])
+        shared_y = np.concatenate([np.asarray(p.labeled_y, np.int64) for p in pools])
+        shared_bytes = shared_embedding_bytes([len(p.labeled_idx) for p in pools],
+                                              emb.shape[1])
+    for p in pools:
+        n_lab = len(shared_idx) if labeled_source == "shared" else len(p.labeled_idx)
+        if len(p.unlabeled_idx) and n_lab == 0:
+            raise ValueError(f"client {p.client} has unlabeled samples but no labeled seed "
+                             "to propagate from; use labeled_source='shared' or give it seeds")
+
+    annotations_before = oracle.annotations
+    out = {name: [] for name in ("train_idx", "train_y", "is_human", "queried",
+                                 "acc_before", "acc_after")}
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    all_true, all_weak, all_after = [], [], []
+    for p, b_k in zip(pools, budgets):
+        seed_idx = np.asarray(p.labeled_idx, np.int64)
+        seed_y = np.asarray(p.labeled_y, np.int64)
+        pool_idx = np.asarray(p.unlabeled_idx, np.int64)
+        lab_idx, lab_y = (shared_idx, shared_y) if labeled_source == "shared" else (seed_idx, seed_y)
+
+        if pool_idx.size:
+            zu, zl = emb[pool_idx], emb[lab_idx]
+            weak, votes = knn_propagate(zu, zl, lab_y, num_classes, k, block_size=block_size,
+                                        tie_break=tie_break)
+            weak = weak.astype(np.int64)
+        else:
+            weak = np.zeros((0,), np.int64)
+
+        queried_pos = np.zeros((0,), np.int64)
+        if merge in ("human+weak", "human") and b_k > 0:
+            if strategy == "random":
+                u = np.zeros(pool_idx.size, np.float32)
+            elif score_source == "knn_votes":
+                present = np.bincount(lab_y, minlength=num_classes) > 0
+                u = uncertainty(votes, present, measure, normalize)
+            else:
+                s, present = prototype_similarity(zu, zl, lab_y, num_classes,
+                                                  block_size=block_size)
+                u = uncertainty(s, present, measure, normalize)
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), int(p.client))
+            queried_pos = select(u, int(b_k), weak_labels=weak, num_classes=num_classes,
+                                 class_aware=class_aware, strategy=strategy, key=key)
+        human = oracle.query(pool_idx[queried_pos]).astype(np.int64)
+
+        refined = weak.copy()
+        refined[queried_pos] = human
+        if merge == "human+weak":
+            keep_idx, keep_y = pool_idx, refined
+            keep_h = np.zeros(pool_idx.size, bool)
+            keep_h[queried_pos] = True
+        elif merge == "human":
+            keep_idx, keep_y, keep_h = pool_idx[queried_pos], human, np.ones(human.size, bool)
+        elif merge == "weak":
+            keep_idx, keep_y, keep_h = pool_idx, weak, np.zeros(pool_idx.size, bool)
+        else:
+            keep_idx, keep_y, keep_h = (np.zeros((0,), np.int64),) * 2 + (np.zeros(0, bool),)
+        out["train_idx"].append(np.concatenate([seed_idx, keep_idx]))
+        out["train_y"].append(np.concatenate([seed_y, keep_y]))
+        out["is_human"].append(np.concatenate([np.ones(seed_idx.size, bool), keep_h]))
+        out["queried"].append(pool_idx[queried_pos])
+
+        # Evaluation only: the hidden labels never feed back into the passes above.
+        true = oracle.labels_for_evaluation(pool_idx)
+        np.add.at(confusion, (true, weak), 1)
+        out["acc_before"].append(_accuracy(weak, true))
+        out["acc_after"].append(_accuracy(refined, true))
+        all_true.append(true)
+        all_weak.append(weak)
+        all_after.append(refined)
+
+    all_true = np.concatenate(all_true)
+    return LabelingResult(
+        train_idx=tuple(out["train_idx"]),
+        train_y=tuple(out["train_y"]),
+        is_human=tuple(out["is_human"]),
+        queried_idx=tuple(out["queried"]),
+        client_budgets=budgets,
+        weak_acc_before=np.array(out["acc_before"]),
+        weak_acc_after=np.array(out["acc_after"]),
+        weak_acc_before_overall=_accuracy(np.concatenate(all_weak), all_true),
+        weak_acc_after_overall=_accuracy(np.concatenate(all_after), all_true),
+        confusion=confusion,
+        budget=int(total_budget),
+        annotations=oracle.annotations - annotations_before,
+        seed_labels=int(sum(len(p.labeled_idx) for p in pools)),
+        shared_embedding_bytes=int(shared_bytes),
+        num_classes=num_classes,
+        options=dict(k=int(k), measure=measure, score_source=score_source,
+                     normalize=normalize, class_aware=bool(class_aware), strategy=strategy,
+                     labeled_source=labeled_source, merge=merge, tie_break=tie_break,
+                     seed=int(seed)),
+    )

@@ -1,0 +1,495 @@
+"""Label stage against straightforward numpy references and hand-computed cases."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from fastjax.label import (
+    MERGES,
+    NORMALIZE,
+    UNCERTAINTY,
+    client_budgets,
+    knn_propagate,
+    label_clients,
+    prototype_similarity,
+    select,
+    shared_embedding_bytes,
+    uncertainty,
+)
+from fastjax.label.report import write_label_report
+from fastjax.partition.types import ClientPool, Oracle
+
+# ------------------------------------------------------------------ references
+
+
+def ref_knn(zu, zl, yl, C, k):
+    """Full distance matrix, stable argsort, bincount; vote ties -> earliest neighbour."""
+    zu, zl = zu.astype(np.float64), zl.astype(np.float64)
+    d = ((zu[:, None, :] - zl[None, :, :]) ** 2).sum(-1)
+    k = min(k, zl.shape[0])
+    nbr = np.argsort(d, axis=1, kind="stable")[:, :k]
+    weak, votes = [], []
+    for row in nbr:
+        labs = yl[row]
+        counts = np.bincount(labs, minlength=C)
+        tied = np.flatnonzero(counts == counts.max())
+        weak.append(next(c for c in labs if c in tied))  # nearest member among tied
+        votes.append(counts / k)
+    return np.array(weak), np.array(votes)
+
+
+def ref_prototype(zu, zl, yl, C):
+    s = np.zeros((zu.shape[0], C))
+    present = np.zeros(C, bool)
+    un = zu / np.linalg.norm(zu, axis=1, keepdims=True)
+    ln = zl / np.linalg.norm(zl, axis=1, keepdims=True)
+    for c in range(C):
+        m = yl == c
+        if m.any():
+            present[c] = True
+            s[:, c] = (un @ ln[m].T).mean(axis=1)
+    return s, present
+
+
+def ref_normalize(s, how):
+    s = s.astype(np.float64)
+    if how == "softmax":
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    if how == "sum":
+        s = np.clip(s, 0, None)
+        tot = s.sum(axis=1, keepdims=True)
+        return np.where(tot > 0, s / np.where(tot > 0, tot, 1), 1.0 / s.shape[1])
+    return s
+
+
+def ref_measure(p, measure):
+    if measure == "entropy":
+        q = np.where(p > 0, p, 1.0)
+        return -np.sum(np.where(p > 0, p * np.log(q), 0.0), axis=1)
+    if measure == "norm":
+        onehot = np.eye(p.shape[1])[np.argmax(p, axis=1)]
+        return np.linalg.norm(p - onehot, axis=1)
+    if measure == "least_confidence":
+        return 1.0 - p.max(axis=1)
+    if measure == "smallest_margin":
+        srt = np.sort(p, axis=1)[:, ::-1]
+        return 1.0 - (srt[:, 0] - srt[:, 1])
+    if measure == "largest_margin":
+        return 1.0 - (p.max(axis=1) - p.min(axis=1))
+    raise AssertionError(measure)
+
+
+def clustered(n=300, C=4, d=8, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(C, d)) * 3
+    y = rng.integers(0, C, size=n)
+    z = (centers[y] + spread * rng.normal(size=(n, d))).astype(np.float32)
+    return z, y
+
+
+def make_pools(y, num_clients=3, seeds_per_client=6, seed=0):
+    rng = np.random.default_rng(seed)
+    parts = np.array_split(rng.permutation(len(y)), num_clients)
+    pools = []
+    for k, part in enumerate(parts):
+        part = np.sort(part)
+        lab, unl = part[:seeds_per_client], part[seeds_per_client:]
+        pools.append(ClientPool(k, lab, y[lab], unl))
+    return pools
+
+
+# ------------------------------------------------------------------------ kNN
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_knn_matches_reference(k):
+    rng = np.random.default_rng(k)
+    zu = rng.normal(size=(70, 16)).astype(np.float32)
+    zl = rng.normal(size=(45, 16)).astype(np.float32)
+    yl = rng.integers(0, 5, size=45)
+    weak, votes = knn_propagate(zu, zl, yl, 5, k=k)
+    rw, rv = ref_knn(zu, zl, yl, 5, k)
+    np.testing.assert_array_equal(weak, rw)
+    np.testing.assert_allclose(votes, rv, atol=1e-6)
+
+
+def test_knn_block_size_invariance():
+    rng = np.random.default_rng(1)
+    zu = rng.normal(size=(53, 12)).astype(np.float32)
+    zl = rng.normal(size=(37, 12)).astype(np.float32)
+    yl = rng.integers(0, 6, size=37)
+    full = knn_propagate(zu, zl, yl, 6, k=5)
+    for bu, bl in [(7, 5), (100, 1)]:
+        got = knn_propagate(zu, zl, yl, 6, k=5, block_size=bu, labeled_block_size=bl)
+        np.testing.assert_array_equal(got[0], full[0])
+        np.testing.assert_array_equal(got[1], full[1])
+
+
+def test_knn_vote_tie_goes_to_nearest_class_member():
+    # Neighbours of the origin by distance: class 2 (d=1), 0 (d=2), 0 (d=3), 2 (d=4).
+    zl = np.array([[0, 3], [4, 0], [2, 0], [1, 0], [9, 9]], np.float32)
+    yl = np.array([0, 2, 0, 2, 1])
+    zu = np.zeros((1, 2), np.float32)
+    weak, votes = knn_propagate(zu, zl, yl, 3, k=4)
+    assert weak.tolist() == [2]
+    np.testing.assert_allclose(votes, [[0.5, 0.0, 0.5]])
+    weak_low, _ = knn_propagate(zu, zl, yl, 3, k=4, tie_break="lowest_class")
+    assert weak_low.tolist() == [0]
+    assert ref_knn(zu, zl, yl, 3, 4)[0].tolist() == [2]
+
+
+@pytest.mark.parametrize("labeled_block_size", [1, 8])
+def test_knn_distance_tie_goes_to_lower_labeled_index(labeled_block_size):
+    zu = np.zeros((1, 2), np.float32)
+    zl = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)  # all at distance 1
+    for yl, expect in [(np.array([1, 0, 0, 0]), 1), (np.array([0, 1, 1, 1]), 0)]:
+        weak, _ = knn_propagate(zu, zl, yl, 2, k=1, labeled_block_size=labeled_block_size)
+        assert weak.tolist() == [expect]
+    # k=2 takes indices 0 and 1 (one vote each); the nearer-by-index one wins the tie.
+    weak, votes = knn_propagate(zu, zl, np.array([1, 0, 0, 0]), 2, k=2,
+                                labeled_block_size=labeled_block_size)
+    assert weak.tolist() == [1]
+    np.testing.assert_allclose(votes, [[0.5, 0.5]])
+
+
+def test_knn_fewer_labeled_than_k_uses_all():
+    rng = np.random.default_rng(2)
+    zu = rng.normal(size=(9, 4)).astype(np.float32)
+    zl = rng.normal(size=(3, 4)).astype(np.float32)
+    yl = np.array([0, 1, 1])
+    weak, votes = knn_propagate(zu, zl, yl, 3, k=10)
+    np.testing.assert_allclose(votes, np.tile([1 / 3, 2 / 3, 0.0], (9, 1)), atol=1e-6)
+    assert (weak == 1).all()
+
+
+# ----------------------------------------------------------------- prototypes
+
+
+def test_prototype_matches_reference_and_blocks():
+    rng = np.random.default_rng(3)
+    zu = rng.normal(size=(41, 10)).astype(np.float32)
+    zl = rng.normal(size=(30, 10)).astype(np.float32)
+    yl = rng.integers(0, 4, size=30)
+    s, present = prototype_similarity(zu, zl, yl, 4)
+    rs, rp = ref_prototype(zu, zl, yl, 4)
+    np.testing.assert_allclose(s, rs, atol=1e-5)
+    np.testing.assert_array_equal(present, rp)
+    s_blk, _ = prototype_similarity(zu, zl, yl, 4, block_size=6)
+    np.testing.assert_array_equal(s_blk, s)
+
+
+def test_prototype_empty_class_is_masked_not_nan():
+    rng = np.random.default_rng(4)
+    zu = rng.normal(size=(20, 6)).astype(np.float32)
+    zl = rng.normal(size=(12, 6)).astype(np.float32)
+    yl = rng.choice([0, 1, 3], size=12)  # class 2 absent
+    yl[:3] = [0, 1, 3]
+    s, present = prototype_similarity(zu, zl, yl, 4)
+    assert present.tolist() == [True, True, False, True]
+    assert np.isfinite(s).all() and (s[:, 2] == 0).all()
+    rs, _ = ref_prototype(zu, zl, yl, 4)
+    np.testing.assert_allclose(s[:, present], rs[:, present], atol=1e-5)
+    # Masking == deleting the absent column, for every measure and normalisation.
+    for measure in UNCERTAINTY:
+        for how in NORMALIZE:
+            u = uncertainty(s, present, measure, how)
+            assert np.isfinite(u).all()
+            ref = ref_measure(ref_normalize(rs[:, present], how), measure)
+            np.testing.assert_allclose(u, ref, atol=1e-5, err_msg=f"{measure}/{how}")
+
+
+# ---------------------------------------------------------------- uncertainty
+
+
+@pytest.mark.parametrize("how", list(NORMALIZE))
+@pytest.mark.parametrize("measure", list(UNCERTAINTY))
+def test_uncertainty_matches_reference(measure, how):
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(-0.3, 1.0, size=(50, 4)).astype(np.float32)
+    scores[0] = 0.0  # "sum" on an all-zero row -> uniform
+    u = uncertainty(scores, None, measure, how)
+    ref = ref_measure(ref_normalize(scores, how), measure)
+    np.testing.assert_allclose(u, ref, atol=1e-5)
+
+
+def test_uncertainty_hand_cases():
+    C = 4
+    uniform = np.full((1, C), 0.3, np.float32)
+    onehot = np.eye(C, dtype=np.float32)[[2]]
+    ones = np.ones(C, bool)
+    for how in ("softmax", "sum"):
+        assert np.isclose(uncertainty(uniform, ones, "entropy", how)[0], math.log(C))
+    assert np.isclose(uncertainty(uniform, ones, "least_confidence", "sum")[0], 1 - 1 / C)
+    assert np.isclose(uncertainty(uniform, ones, "smallest_margin", "sum")[0], 1.0)
+    assert np.isclose(uncertainty(uniform, ones, "largest_margin", "sum")[0], 1.0)
+    expect_norm = math.sqrt((1 - 1 / C) ** 2 + (C - 1) / C ** 2)
+    assert np.isclose(uncertainty(uniform, ones, "norm", "sum")[0], expect_norm)
+    # A one-hot vote vector is fully certain under FAST-official's conventions.
+    for measure in UNCERTAINTY:
+        assert np.isclose(uncertainty(onehot, ones, measure, "none")[0], 0.0, atol=1e-7)
+    # Half-half votes over 2 of 4 present classes: entropy log 2, margin 1 - 0 = 1.
+    half = np.array([[0.5, 0.5, 0.0, 0.0]], np.float32)
+    assert np.isclose(uncertainty(half, None, "entropy", "sum")[0], math.log(2))
+    assert np.isclose(uncertainty(half, None, "smallest_margin", "none")[0], 1.0)
+    assert np.isclose(uncertainty(half, None, "norm", "none")[0], math.sqrt(0.5))
+
+
+def test_uncertainty_higher_means_more_uncertain():
+    confident = np.array([[0.85, 0.05, 0.05, 0.05]], np.float32)
+    unsure = np.array([[0.4, 0.3, 0.2, 0.1]], np.float32)
+    for measure in UNCERTAINTY:
+        for how in NORMALIZE:
+            a = uncertainty(confident, None, measure, how)[0]
+            b = uncertainty(unsure, None, measure, how)[0]
+            assert b > a, (measure, how)
+
+
+def test_fast_official_formulas_on_votes():
+    """normalize="sum"/"none" on kNN vote fractions reproduce FAST-official's compute_*."""
+    rng = np.random.default_rng(6)
+    counts = rng.multinomial(10, np.ones(4) / 4, size=40)
+    votes = (counts / 10).astype(np.float32)
+    probs = votes / votes.sum(1, keepdims=True)
+    theirs_entropy = -np.sum(probs * np.log(probs + 1e-12), axis=1)
+    np.testing.assert_allclose(uncertainty(votes, None, "entropy", "sum"), theirs_entropy,
+                               atol=1e-5)
+    onehot = np.zeros_like(votes)
+    onehot[np.arange(40), votes.argmax(1)] = 1
+    np.testing.assert_allclose(uncertainty(votes, None, "norm", "none"),
+                               np.linalg.norm(votes - onehot, axis=1), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- query
+
+
+def test_client_budgets():
+    assert client_budgets(30, [100, 100, 100]).tolist() == [10, 10, 10]
+    assert client_budgets(11, [100, 100, 100]).tolist() == [4, 4, 3]
+    assert client_budgets(30, [2, 100, 100]).tolist() == [2, 14, 14]
+    assert client_budgets(31, [2, 100, 100]).tolist() == [2, 15, 14]
+    assert client_budgets(5, [0, 3, 3]).tolist() == [0, 3, 2]
+    assert client_budgets(0, [4, 5]).tolist() == [0, 0]
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        sizes = rng.integers(0, 20, size=rng.integers(1, 8))
+        B = int(rng.integers(0, sizes.sum() + 1))
+        b = client_budgets(B, sizes)
+        assert b.sum() == B and (b <= sizes).all() and (b >= 0).all()
+        # Water-filling: a client below its pool never has 2+ fewer than another.
+        open_ = b < sizes
+        if open_.any():
+            assert b.max() <= b[open_].min() + 1
+    with pytest.raises(ValueError, match="exceeds"):
+        client_budgets(11, [5, 5])
+    with pytest.raises(ValueError, match=">= 0"):
+        client_budgets(-1, [5, 5])
+
+
+def test_select_top_b_ties_by_lower_position():
+    u = np.array([0.2, 0.9, 0.5, 0.9, 0.5, 0.1])
+    assert select(u, 3).tolist() == [1, 2, 3]
+    assert select(u, 0).tolist() == []
+    assert select(u, 6).tolist() == list(range(6))
+    rng = np.random.default_rng(8)
+    u = rng.integers(0, 5, size=200).astype(np.float64)
+    ref = np.lexsort((np.arange(200), -u))[:37]
+    np.testing.assert_array_equal(select(u, 37), np.sort(ref))
+
+
+def test_select_class_aware_quota():
+    # Class 0: 6 samples, class 1: 2 samples, class 2: 4 samples. budget 9 -> quota 3.
+    weak = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    u = np.array([.9, .8, .7, .95, .6, .85, .1, .2, .3, .05, .4, .35])
+    got = select(u, 9, weak_labels=weak, num_classes=3, class_aware=True)
+    # per class top-3: class 0 -> 3, 0, 5; class 1 -> both (7, 6); class 2 -> 10, 11, 8.
+    # remainder 1 by global rank among the rest: 1 (0.8).
+    assert got.tolist() == sorted([3, 0, 5, 7, 6, 10, 11, 8, 1])
+    plain = select(u, 9)
+    assert set(plain.tolist()) != set(got.tolist())
+    with pytest.raises(ValueError, match="weak_labels"):
+        select(u, 3, class_aware=True)
+
+
+def test_select_random_is_deterministic():
+    u = np.zeros(100)
+    a = select(u, 10, strategy="random", key=jax.random.PRNGKey(3))
+    b = select(u, 10, strategy="random", key=jax.random.PRNGKey(3))
+    c = select(u, 10, strategy="random", key=jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(a, b)
+    assert len(set(a.tolist())) == 10 and not np.array_equal(a, c)
+    np.testing.assert_array_equal(select(u, 10, strategy="random", seed=3), a)
+
+
+# --------------------------------------------------------------------- driver
+
+
+def _run(**kw):
+    z, y = clustered()
+    pools = make_pools(y)
+    oracle = Oracle(y)
+    res = label_clients(pools, z, oracle, 4, **{"budget": 40, **kw})
+    return res, pools, oracle, z, y
+
+
+def test_label_clients_budget_accounting():
+    res, pools, oracle, z, y = _run(budget=41)
+    assert res.budget == 41
+    assert res.client_budgets.tolist() == client_budgets(41, [len(p.unlabeled_idx)
+                                                              for p in pools]).tolist()
+    assert res.annotations == oracle.annotations == 41
+    assert res.seed_labels == sum(len(p.labeled_idx) for p in pools)
+    for k, p in enumerate(pools):
+        assert res.queried_idx[k].size == res.client_budgets[k]
+        assert np.isin(res.queried_idx[k], p.unlabeled_idx).all()
+        assert res.is_human[k].sum() == len(p.labeled_idx) + res.client_budgets[k]
+        assert res.train_idx[k].size == len(p.labeled_idx) + len(p.unlabeled_idx)
+        human = res.train_idx[k][res.is_human[k]]
+        np.testing.assert_array_equal(res.train_y[k][res.is_human[k]], y[human])
+    # Fraction form: floor(fraction * all unlabeled), as FAST-official's query_ratio.
+    total = sum(len(p.unlabeled_idx) for p in pools)
+    res_f, *_ = _run(budget=None, budget_fraction=0.1)
+    assert res_f.budget == int(0.1 * total) == res_f.annotations
+
+
+def test_label_clients_weak_labels_and_accuracy_match_reference():
+    res, pools, oracle, z, y = _run(merge="human+weak", score_source="prototype")
+    total_before, total_after, n = 0, 0, 0
+    confusion = np.zeros((4, 4), int)
+    for k, p in enumerate(pools):
+        rw, _ = ref_knn(z[p.unlabeled_idx], z[p.labeled_idx], p.labeled_y, 4, 10)
+        truth = y[p.unlabeled_idx]
+        assert np.isclose(res.weak_acc_before[k], np.mean(rw == truth))
+        after = rw.copy()
+        after[np.isin(p.unlabeled_idx, res.queried_idx[k])] = truth[
+            np.isin(p.unlabeled_idx, res.queried_idx[k])]
+        assert np.isclose(res.weak_acc_after[k], np.mean(after == truth))
+        np.testing.assert_array_equal(res.train_y[k][len(p.labeled_idx):], after)
+        total_before += (rw == truth).sum()
+        total_after += (after == truth).sum()
+        n += truth.size
+        np.add.at(confusion, (truth, rw), 1)
+        # Queried = the b_k most uncertain under Eq. 7 + softmax entropy.
+        s, present = ref_prototype(z[p.unlabeled_idx], z[p.labeled_idx], p.labeled_y, 4)
+        u = ref_measure(ref_normalize(s[:, present], "softmax"), "entropy")
+        top = np.sort(p.unlabeled_idx[np.argsort(-u, kind="stable")[:res.client_budgets[k]]])
+        np.testing.assert_array_equal(res.queried_idx[k], top)
+    assert np.isclose(res.weak_acc_before_overall, total_before / n)
+    assert np.isclose(res.weak_acc_after_overall, total_after / n)
+    assert res.weak_acc_after_overall >= res.weak_acc_before_overall
+    np.testing.assert_array_equal(res.confusion, confusion)
+
+
+def test_label_clients_merge_modes():
+    for merge in MERGES:
+        res, pools, oracle, z, y = _run(merge=merge)
+        for k, p in enumerate(pools):
+            n_seed = len(p.labeled_idx)
+            np.testing.assert_array_equal(res.train_idx[k][:n_seed], p.labeled_idx)
+            if merge == "human+weak":
+                assert res.train_idx[k].size == n_seed + len(p.unlabeled_idx)
+                assert res.is_human[k].sum() == n_seed + res.client_budgets[k]
+            elif merge == "human":
+                assert res.train_idx[k].size == n_seed + res.client_budgets[k]
+                assert res.is_human[k].all()
+                np.testing.assert_array_equal(res.train_y[k], y[res.train_idx[k]])
+            elif merge == "weak":
+                assert res.train_idx[k].size == n_seed + len(p.unlabeled_idx)
+                assert res.is_human[k].sum() == n_seed
+                rw, _ = ref_knn(z[p.unlabeled_idx], z[p.labeled_idx], p.labeled_y, 4, 10)
+                np.testing.assert_array_equal(res.train_y[k][n_seed:], rw)
+            else:
+                np.testing.assert_array_equal(res.train_idx[k], p.labeled_idx)
+        if merge in ("weak", "seed"):
+            assert res.annotations == oracle.annotations == 0 and res.budget == 0
+            assert res.weak_acc_after_overall == res.weak_acc_before_overall
+        else:
+            assert res.annotations == oracle.annotations == 40
+
+
+def test_label_clients_shared_seeds_cost_and_labels():
+    own, pools, _, z, y = _run(labeled_source="own")
+    shared, *_ = _run(labeled_source="shared", merge="weak")
+    assert own.shared_embedding_bytes == 0
+    seeds = [len(p.labeled_idx) for p in pools]
+    n, K, d = sum(seeds), len(pools), z.shape[1]
+    expect = n * (4 * d + 4) + K * n * (4 * d + 4)
+    assert shared.shared_embedding_bytes == expect == shared_embedding_bytes(seeds, d)
+    all_seed = np.concatenate([p.labeled_idx for p in pools])
+    for k, p in enumerate(pools):
+        rw, _ = ref_knn(z[p.unlabeled_idx], z[all_seed], y[all_seed], 4, 10)
+        np.testing.assert_array_equal(shared.train_y[k][len(p.labeled_idx):], rw)
+
+
+def test_label_clients_options_run_and_random_is_deterministic():
+    a, *_ = _run(strategy="random", seed=5)
+    b, *_ = _run(strategy="random", seed=5)
+    c, *_ = _run(strategy="random", seed=6)
+    for k in range(3):
+        np.testing.assert_array_equal(a.queried_idx[k], b.queried_idx[k])
+    assert any(not np.array_equal(a.queried_idx[k], c.queried_idx[k]) for k in range(3))
+    # FAST-official configuration: kNN votes, norm on raw votes, class-aware quota.
+    off, pools, *_ = _run(score_source="knn_votes", measure="norm", normalize="none",
+                          class_aware=True, labeled_source="shared")
+    assert off.annotations == 40
+
+
+def test_label_clients_errors():
+    z, y = clustered(n=60)
+    pools = make_pools(y)
+    o = Oracle(y)
+    call = lambda **kw: label_clients(pools, kw.pop("emb", z), o, 4, **{"budget": 5, **kw})
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        call(k=0)
+    for name, bad, allowed in [("measure", "margin", "entropy, norm"),
+                               ("normalize", "l1", "softmax, sum, none"),
+                               ("strategy", "coreset", "uncertainty, random"),
+                               ("merge", "all", "human+weak"),
+                               ("score_source", "linear", "prototype, knn_votes"),
+                               ("labeled_source", "server", "own, shared")]:
+        with pytest.raises(ValueError, match=allowed.replace("+", r"\+")):
+            call(**{name: bad})
+    with pytest.raises(ValueError, match="budget must be in"):
+        call(budget=-1)
+    with pytest.raises(ValueError, match="budget must be in"):
+        call(budget=10_000)
+    with pytest.raises(ValueError, match="exactly one"):
+        call(budget=None)
+    bad = z.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        call(emb=bad)
+    with pytest.raises(ValueError, match="rows of embeddings"):
+        call(emb=z[:10])
+    assert o.annotations == 0  # every error came before any query
+    zu, zl = z[:5], z[5:10]
+    with pytest.raises(ValueError, match="widths differ"):
+        knn_propagate(zu, zl[:, :3], y[5:10], 4)
+    with pytest.raises(ValueError, match="y_labeled must have shape"):
+        prototype_similarity(zu, zl, y[:3], 4)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        knn_propagate(zu, zl, y[5:10], 4, k=0)
+    with pytest.raises(ValueError, match="tie_break"):
+        knn_propagate(zu, zl, y[5:10], 4, tie_break="random")
+    with pytest.raises(ValueError, match=r"budget must be in \[0, 5\]"):
+        select(np.zeros(5), 6)
+    with pytest.raises(ValueError, match="unknown uncertainty measure"):
+        uncertainty(np.zeros((2, 3)), None, "bald")
+    empty = [ClientPool(0, np.array([], np.int64), np.array([], np.int64), np.arange(5))]
+    with pytest.raises(ValueError, match="no labeled seed"):
+        label_clients(empty, z, o, 4, budget=1)
+
+
+def test_write_label_report(tmp_path):
+    res, *_ = _run()
+    json_path, png_path = write_label_report(res, ["a", "b", "c", "d"], str(tmp_path))
+    rep = json.load(open(json_path))
+    assert rep["annotations"] == 40 and len(rep["clients"]) == 3
+    assert np.array(rep["confusion_weak"]["counts"]).sum() == sum(
+        c["train_size"] for c in rep["clients"]) - res.seed_labels
+    assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="class_names"):
+        write_label_report(res, ["a"], str(tmp_path))
