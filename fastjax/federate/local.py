@@ -1,0 +1,121 @@
+"""Local training, written once for one client (the strategies in `execution.py`
+decide how many clients run and where).
+
+Clients hold different amounts of data (Dirichlet partitions), but a compiled step
+needs static shapes. Each client's data is padded to the largest client; a client takes
+its own number of steps (`steps[k]`, e.g. local_epochs * ceil(n_k / batch)) and the
+steps past that are masked out (parameters, optimiser and BatchNorm state unchanged).
+Within an epoch a client visits its own samples in a fresh random order; the last
+batch of an epoch may be partial, its padding masked out of the loss and of the
+BatchNorm statistics (as torch's DataLoader with drop_last=False).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSpec:
+    """Static description of one client's local update (hashable, used as a jit key)."""
+
+    batch_size: int
+    max_steps: int
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    prox_mu: float = 0.0  # FedProx proximal weight; 0 = plain local SGD
+
+
+def steps_per_client(num_samples, batch_size: int, local_epochs: int | None, local_steps: int | None):
+    """Per-client step counts: local_epochs * ceil(n_k / B), or a fixed local_steps."""
+    import numpy as np
+
+    n = np.asarray(num_samples, dtype=np.int64)
+    if local_steps is not None:
+        return np.where(n > 0, int(local_steps), 0).astype(np.int32)
+    return (int(local_epochs) * -(-n // batch_size)).astype(np.int32)
+
+
+
+
+def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array]):
+    """Returns local_update(global_vars, x, y, n, steps, lr, key) -> (vars, stats).
+
+    x: (max_n, ...) raw client samples (padded), y: (max_n,), n: number of real
+    samples, steps: this client's step count (<= spec.max_steps), lr: scalar, key: PRNG.
+    stats: {'loss': mean loss over taken steps, 'steps': steps taken}.
+    """
+    tx = optax.chain(optax.add_decayed_weights(spec.weight_decay), optax.trace(decay=spec.momentum))
+    b = spec.batch_size
+
+    def loss_fn(params, batch_stats, global_params, xb, yb, valid):
+        variables = {"params": params}
+        if batch_stats is not None:
+            variables["batch_stats"] = batch_stats
+            logits, new_state = model.apply(variables, xb, train=True, mask=valid,
+                                            mutable=["batch_stats"])
+            new_stats = new_state["batch_stats"]
+        else:
+            logits, new_stats = model.apply(variables, xb, train=True, mask=valid), None
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        w = valid.astype(ce.dtype)
+        loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+        total = loss
+        if spec.prox_mu:
+            sq = sum(jnp.sum(jnp.square(p - g)) for p, g in
+                     zip(jax.tree.leaves(params), jax.tree.leaves(global_params)))
+            total = loss + 0.5 * spec.prox_mu * sq
+        return total, (loss, new_stats)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def local_update(global_vars: dict[str, Any], x, y, n, steps, lr, key):
+        global_params = global_vars["params"]
+        params = global_params
+        batch_stats = global_vars.get("batch_stats")
+        opt_state = tx.init(params)
+        n = jnp.asarray(n, jnp.int32)
+        spe = jnp.maximum((n + b - 1) // b, 1)  # steps per epoch
+        pos = jnp.arange(x.shape[0])
+        slot = jnp.arange(b)
+
+        def step(carry, t):
+            params, batch_stats, opt_state, loss_sum = carry
+            epoch, j = t // spe, t % spe
+            # A fresh order of the client's own samples each epoch; padding sorts last.
+            # Per-position draws (fold_in by position) keep the order independent of padding.
+            ekey = jax.random.fold_in(key, epoch)
+            u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(ekey, i)))(pos)
+            perm = jnp.argsort(jnp.where(pos < n, u, 2.0))
+            start = j * b
+            take = start + slot
+            valid = take < n
+            idx = jax.lax.dynamic_slice_in_dim(jnp.concatenate([perm, perm[:b]]), start, b)
+            xb = preprocess(x[idx])
+            grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx], valid)
+            updates, new_opt = tx.update(grads, opt_state, params)
+            new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+            active = t < steps
+            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(active, a, c), new, old)
+            params = keep(new_params, params)
+            opt_state = keep(new_opt, opt_state)
+            if batch_stats is not None:
+                batch_stats = keep(new_stats, batch_stats)
+            loss_sum = loss_sum + jnp.where(active, loss, 0.0)
+            return (params, batch_stats, opt_state, loss_sum), None
+
+        carry = (params, batch_stats, opt_state, jnp.zeros((), jnp.float32))
+        (params, batch_stats, _, loss_sum), _ = jax.lax.scan(
+            step, carry, jnp.arange(spec.max_steps, dtype=jnp.int32))
+        out = {"params": params}
+        if batch_stats is not None:
+            out["batch_stats"] = batch_stats
+        stats = {"loss": loss_sum / jnp.maximum(steps, 1).astype(jnp.float32), "steps": steps}
+        return out, stats
+
+    return local_update

@@ -1,0 +1,219 @@
+"""Models trained by the federated engine, in Flax, found by name in `MODELS`.
+
+Convolutions default to an im2col formulation (shifted slices concatenated along the
+channel axis, then one matmul). Written for one client, it becomes a *client-batched*
+matmul when the local update is vmapped over clients, which XLA runs fast on CPU and
+GPU alike; `lax.conv` with vmapped per-client weights lowers to a grouped convolution
+that was ~8x slower on CPU here (benchmarks/RESULTS.md). `conv_impl="lax"` keeps the
+library convolution for comparison; both give the same numbers to float tolerance.
+
+Every model takes `(x, train, mask)`; `mask` (B,) marks the real samples of a padded
+batch so BatchNorm statistics ignore padding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# torch.nn.Conv2d / Linear default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_torch_uniform = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _bias_init(fan_in: int):
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "im2col"):
+    """2-D convolution, NHWC input and HWIO kernel, symmetric zero padding."""
+    if impl == "lax":
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), [(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kh, kw, cin, cout = kernel.shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h_out = (x.shape[1] - kh) // stride + 1
+    w_out = (x.shape[2] - kw) // stride + 1
+    if kh == kw == 1:
+        cols = x[:, : stride * (h_out - 1) + 1 : stride, : stride * (w_out - 1) + 1 : stride]
+    else:
+        cols = jnp.concatenate(
+            [x[:, i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride]
+             for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.dot(cols, kernel.reshape(kh * kw * cin, cout))
+
+
+def max_pool2(x):
+    """2x2 max pooling, stride 2, floor mode (as torch.nn.MaxPool2d(2))."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class Conv(nn.Module):
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    use_bias: bool = True
+    impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        fan_in = k * k * x.shape[-1]
+        kernel = self.param("kernel", _torch_uniform, (k, k, x.shape[-1], self.features))
+        y = conv2d(x, kernel, self.stride, self.padding, self.impl)
+        if self.use_bias:
+            y = y + self.param("bias", _bias_init(fan_in), (self.features,))
+        return y
+
+
+def _bn(train: bool, mask):
+    # torch BatchNorm2d: momentum 0.1 (flax's 0.9), eps 1e-5.
+    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    if mask is None or not train:
+        return bn
+    return lambda x: bn(x, mask=jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape))
+
+
+class CNN4(nn.Module):
+    """4 x [Conv3x3 64 (pad 1) - BatchNorm - ReLU - MaxPool 2], flatten, Linear.
+
+    The network of FAST-official (`src/network.py`, CNN4Conv) and LoGo; the flatten
+    size follows the input (28 px -> 64, 32 px -> 256, 64 px -> 1024).
+    """
+
+    num_classes: int
+    width: int = 64
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        for _ in range(4):
+            x = Conv(self.width, impl=self.conv_impl)(x)
+            x = nn.relu(_bn(train, mask)(x))
+            x = max_pool2(x)
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
+                        bias_init=nn.initializers.zeros)(x)
+
+
+class _BasicBlock(nn.Module):
+    planes: int
+    stride: int
+    conv_impl: str
+
+    @nn.compact
+    def __call__(self, x, train, mask):
+        out = Conv(self.planes, 3, self.stride, 1, False, self.conv_impl)(x)
+        out = nn.relu(_bn(train, mask)(out))
+        out = Conv(self.planes, 3, 1, 1, False, self.conv_impl)(out)
+        out = _bn(train, mask)(out)
+        if self.stride != 1 or x.shape[-1] != self.planes:
+            x = Conv(self.planes, 1, self.stride, 0, False, self.conv_impl)(x)
+            x = _bn(train, mask)(x)
+        return nn.relu(out + x)
+
+
+class ResNet8FAST(nn.Module):
+    """FAST-official's "ResNet-8": BasicBlock ResNet with [1, 1, 1, 1] blocks, widths
+    64-128-256-512, 3x3 stem, 4x4 average pool (as its ResNet18 with one block a stage).
+    """
+
+    num_classes: int
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        x = nn.relu(_bn(train, mask)(Conv(64, 3, 1, 1, False, self.conv_impl)(x)))
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            x = _BasicBlock(planes, stride, self.conv_impl)(x, train, mask)
+        pool = min(4, x.shape[1])
+        x = nn.avg_pool(x, (pool, pool), (pool, pool))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
+                        bias_init=_bias_init(x.shape[-1]))(x)
+
+
+class _PreActBlock(nn.Module):
+    planes: int
+    stride: int
+    conv_impl: str
+
+    @nn.compact
+    def __call__(self, x, train, mask):
+        out = nn.relu(_bn(train, mask)(x))
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.planes:
+            shortcut = Conv(self.planes, 1, self.stride, 0, False, self.conv_impl)(out)
+        out = Conv(self.planes, 3, self.stride, 1, False, self.conv_impl)(out)
+        out = nn.relu(_bn(train, mask)(out))
+        out = Conv(self.planes, 3, 1, 1, False, self.conv_impl)(out)
+        return out + shortcut
+
+
+class ResNet8PreAct(nn.Module):
+    """KAFAL's "ResNet-8": pre-activation ResNet (He et al. 2016b) with [1, 1, 1]
+    blocks, widths 16-32-64, global average pool. Depth 8 = 6n + 2 with n = 1.
+    """
+
+    num_classes: int
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        x = Conv(16, 3, 1, 1, False, self.conv_impl)(x)
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            x = _PreActBlock(planes, stride, self.conv_impl)(x, train, mask)
+        x = nn.relu(_bn(train, mask)(x))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
+                        bias_init=_bias_init(x.shape[-1]))(x)
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier over frozen embeddings (FAST Table II, component 1)."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
+                        bias_init=_bias_init(x.shape[-1]))(x)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn4": CNN4,
+    "resnet8_fast": ResNet8FAST,
+    "resnet8_preact": ResNet8PreAct,
+    "linear": LinearProbe,
+}
+PIXEL_MODELS = ("cnn4", "resnet8_fast", "resnet8_preact")
+
+
+def make_model(name: str, num_classes: int, conv_impl: str = "im2col") -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not a known model; choose one of {sorted(MODELS)}")
+    if conv_impl not in ("im2col", "lax"):
+        raise ValueError(f"model.conv_impl={conv_impl!r}; choose 'im2col' or 'lax'")
+    if name == "linear":
+        return LinearProbe(num_classes)
+    return MODELS[name](num_classes=num_classes, conv_impl=conv_impl)
+
+
+def init_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> dict[str, Any]:
+    """Initial {'params', 'batch_stats'?} for one model given one sample's shape."""
+    x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
+    return dict(model.init(jax.random.PRNGKey(seed), x, train=False))

@@ -1,0 +1,256 @@
+"""The federated engine: aggregators against numpy references, strategies against
+each other, masking, resume, communication accounting, a small real run."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastjax.federate import aggregators, engine, local, models
+
+RNG = np.random.default_rng(0)
+
+
+def _tree(k, shapes=((3, 2), (4,))):
+    params = {f"w{i}": jnp.asarray(RNG.normal(size=(k,) + s), jnp.float32) for i, s in enumerate(shapes)}
+    stats = {"mean": jnp.asarray(RNG.normal(size=(k, 4)), jnp.float32)}
+    return {"params": params, "batch_stats": stats}
+
+
+def test_fedavg_matches_numpy():
+    g = jax.tree.map(lambda x: x[0], _tree(1))
+    c = _tree(3)
+    n = np.array([10, 30, 60])
+    out = aggregators.fedavg(g, c, n, np.array([1, 2, 3]))
+    p = n / n.sum()
+    for path in (("params", "w0"), ("params", "w1"), ("batch_stats", "mean")):
+        ref = sum(p[i] * np.asarray(c[path[0]][path[1]][i]) for i in range(3))
+        np.testing.assert_allclose(out[path[0]][path[1]], ref, rtol=1e-6)
+
+
+def test_fedprox_aggregates_as_fedavg():
+    g = jax.tree.map(lambda x: x[0], _tree(1))
+    c = _tree(4)
+    n, s = np.array([1, 2, 3, 4]), np.array([5, 5, 6, 7])
+    a, b = aggregators.fedavg(g, c, n, s), aggregators.fedprox(g, c, n, s)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.9])
+def test_fednova_matches_hand_formula(rho):
+    g = jax.tree.map(lambda x: x[0], _tree(1))
+    c = _tree(3)
+    n, tau = np.array([20.0, 50.0, 30.0]), np.array([2, 8, 5])
+    out = aggregators.fednova(g, c, n, tau, momentum=rho)
+    p = n / n.sum()
+    if rho == 0:
+        a = tau.astype(float)
+    else:  # Wang et al. 2020: a_i = sum_{t<tau} (1 - rho^(t+1)) / (1 - rho)
+        a = np.array([sum((1 - rho ** (t + 1)) / (1 - rho) for t in range(int(tk))) for tk in tau])
+    w, ck = np.asarray(g["params"]["w0"]), np.asarray(c["params"]["w0"])
+    d = sum(p[i] * (w - ck[i]) / a[i] for i in range(3))
+    np.testing.assert_allclose(out["params"]["w0"], w - (p @ a) * d, rtol=1e-5, atol=1e-6)
+    # BatchNorm statistics are sample-weighted averages.
+    np.testing.assert_allclose(out["batch_stats"]["mean"],
+                               np.tensordot(p, np.asarray(c["batch_stats"]["mean"]), 1), rtol=1e-6)
+
+
+def test_fednova_equal_steps_is_fedavg():
+    g = jax.tree.map(lambda x: x[0], _tree(1))
+    c = _tree(3)
+    n, s = np.array([3, 1, 2]), np.array([7, 7, 7])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 aggregators.fednova(g, c, n, s, momentum=0.9), aggregators.fedavg(g, c, n, s))
+
+
+def test_state_bytes_reproduces_paper_table3():
+    model = models.make_model("cnn4", 10)
+    v = models.init_variables(model, (32, 32, 3))
+    mib = engine.state_bytes(v) * 2 * 10 * 800 / engine.MIB
+    assert round(mib, 2) == 7090.94
+
+
+@pytest.mark.parametrize("name,shape", [("cnn4", (28, 28, 1)), ("cnn4", (32, 32, 3)), ("cnn4", (64, 64, 3)),
+                                        ("resnet8_fast", (32, 32, 3)), ("resnet8_preact", (32, 32, 3))])
+def test_im2col_conv_matches_lax_conv(name, shape):
+    x = jnp.asarray(RNG.normal(size=(3,) + shape), jnp.float32)
+    a = models.make_model(name, 7, "im2col")
+    b = models.make_model(name, 7, "lax")
+    v = models.init_variables(a, shape)
+    ya, _ = a.apply(v, x, train=True, mutable=["batch_stats"])
+    yb, _ = b.apply(v, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(ya, yb, rtol=1e-4, atol=1e-4)
+    assert ya.shape == (3, 7)
+
+
+def test_cnn4_parameter_count_and_flatten():
+    # 4 convs (3x3, 64) with bias, 4 BatchNorm (scale, bias), Linear(64 * (s // 16)^2 -> 10).
+    for s, c, flat in ((28, 1, 64), (32, 3, 256), (64, 3, 1024)):
+        v = models.init_variables(models.make_model("cnn4", 10), (s, s, c))
+        n = sum(x.size for x in jax.tree.leaves(v["params"]))
+        expect = (9 * c * 64 + 64) + 3 * (9 * 64 * 64 + 64) + 4 * 128 + flat * 10 + 10
+        assert n == expect
+
+
+def test_masked_batchnorm_ignores_padding():
+    model = models.make_model("cnn4", 5)
+    v = models.init_variables(model, (16, 16, 3))
+    x = jnp.asarray(RNG.normal(size=(6, 16, 16, 3)), jnp.float32)
+    pad = jnp.concatenate([x, 100.0 * jnp.ones((4, 16, 16, 3))])
+    mask = jnp.arange(10) < 6
+    y_ref, s_ref = model.apply(v, x, train=True, mutable=["batch_stats"])
+    y_pad, s_pad = model.apply(v, pad, train=True, mask=mask, mutable=["batch_stats"])
+    np.testing.assert_allclose(y_pad[:6], y_ref, rtol=1e-4, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s_pad, s_ref)
+
+
+def _blobs(k, n, d=8, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, d)) * 3
+    xs, ys = [], []
+    for i in range(k):
+        y = rng.integers(0, c, n[i] if hasattr(n, "__len__") else n)
+        xs.append((centers[y] + rng.normal(size=(len(y), d))).astype(np.float32))
+        ys.append(y.astype(np.int32))
+    return xs, ys
+
+
+def _linear_setup(spec_kw=None, sizes=(40, 40, 40, 40), seed=0):
+    xs, ys = _blobs(len(sizes), list(sizes), seed=seed)
+    model = models.make_model("linear", 3)
+    v = models.init_variables(model, (8,))
+    spec = engine.TrainSpec(**{"rounds": 3, "local_epochs": 2, "batch_size": 16, "lr": 0.05,
+                               "eval_every": 1, "checkpoint_every": 1, **(spec_kw or {})})
+    return model, v, engine.stack_clients(xs, ys), spec
+
+
+def test_local_update_lr_zero_keeps_params():
+    model = models.make_model("cnn4", 4)
+    v = models.init_variables(model, (16, 16, 3))
+    lu = local.make_local_update(model, local.LocalSpec(8, 3, 0.9, 0.0), lambda x: x)
+    x = jnp.asarray(RNG.normal(size=(20, 16, 16, 3)), jnp.float32)
+    out, stats = lu(v, x, jnp.zeros(20, jnp.int32), 20, 3, 0.0, jax.random.PRNGKey(0))
+    jax.tree.map(np.testing.assert_array_equal, out["params"], v["params"])
+    assert not np.allclose(out["batch_stats"]["BatchNorm_0"]["mean"], v["batch_stats"]["BatchNorm_0"]["mean"])
+    assert int(stats["steps"]) == 3
+
+
+def test_padding_changes_nothing_for_equal_clients():
+    model, v, clients, spec = _linear_setup({"rounds": 2})
+    padded = engine.ClientArrays(
+        np.concatenate([clients.x, np.full((4, 13, 8), 7.0, np.float32)], axis=1),
+        np.concatenate([clients.y, np.zeros((4, 13), np.int32)], axis=1), clients.n)
+    tx, ty = clients.x[0], clients.y[0]
+    a = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, progress=False)
+    b = engine.fit(model, v, padded, tx, ty, spec, lambda x: x, progress=False)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7), a.variables, b.variables)
+
+
+def test_ragged_clients_take_their_own_steps():
+    n = np.array([5, 40, 17])
+    steps = local.steps_per_client(n, 8, 2, None)
+    np.testing.assert_array_equal(steps, [2, 10, 6])
+    waste = engine.padding_waste(n, steps, 8, 10)
+    assert waste == pytest.approx(1 - (10 + 80 + 34) / (3 * 10 * 8))
+    np.testing.assert_array_equal(local.steps_per_client(n, 8, None, 4), [4, 4, 4])
+
+
+@pytest.mark.parametrize("aggregator,kw", [("fedavg", {}), ("fedprox", {"prox_mu": 0.1}), ("fednova", {})])
+def test_strategies_agree(aggregator, kw):
+    model, v, clients, spec = _linear_setup({"rounds": 2, "aggregator": aggregator, **kw},
+                                            sizes=(30, 50, 12, 41))
+    tx, ty = clients.x[1], clients.y[1]
+    out = {s: engine.fit(model, v, clients, tx, ty, engine.TrainSpec(**{**spec.__dict__, "strategy": s}),
+                         lambda x: x, progress=False).variables for s in ("vmap", "sequential")}
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6),
+                 out["vmap"], out["sequential"])
+
+
+def test_fedprox_zero_mu_equals_fedavg_training():
+    model, v, clients, spec = _linear_setup({"rounds": 2})
+    tx, ty = clients.x[0], clients.y[0]
+    a = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, progress=False)
+    lspec = local.LocalSpec(16, 5, prox_mu=0.0)
+    lspec_p = local.LocalSpec(16, 5, prox_mu=1e-12)
+    x, y = jnp.asarray(clients.x[0]), jnp.asarray(clients.y[0])
+    o1, _ = local.make_local_update(model, lspec, lambda x: x)(v, x, y, 40, 5, 0.05, jax.random.PRNGKey(1))
+    o2, _ = local.make_local_update(model, lspec_p, lambda x: x)(v, x, y, 40, 5, 0.05, jax.random.PRNGKey(1))
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7), o1, o2)
+    assert a.history[-1]["round"] == 2
+
+
+def test_sharded_matches_vmap_on_8_host_devices():
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        assert jax.device_count() == 8, jax.devices()
+        from tests.test_federate import _linear_setup
+        from fastjax.federate import engine
+        model, v, clients, spec = _linear_setup({"rounds": 2, "aggregator": "fednova",
+                                                 "participation": 0.75}, sizes=(30, 50, 12, 41))
+        tx, ty = clients.x[1], clients.y[1]
+        res = {}
+        for s in ("vmap", "sharded"):
+            sp = engine.TrainSpec(**{**spec.__dict__, "strategy": s})
+            res[s] = engine.fit(model, v, clients, tx, ty, sp, lambda x: x, progress=False).variables
+        jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6),
+                     res["vmap"], res["sharded"])
+        print("SHARDED_OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_partial_participation_is_seeded():
+    a = engine.select_clients(10, 0.3, seed=1, round_=4)
+    assert len(a) == 3 and len(set(a)) == 3
+    np.testing.assert_array_equal(a, engine.select_clients(10, 0.3, seed=1, round_=4))
+    picks = {tuple(engine.select_clients(10, 0.3, seed=1, round_=r)) for r in range(20)}
+    assert len(picks) > 5
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    model, v, clients, spec = _linear_setup({"rounds": 4, "checkpoint_every": 2})
+    tx, ty = clients.x[0], clients.y[0]
+    full = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=tmp_path / "a", progress=False)
+    part = engine.TrainSpec(**{**spec.__dict__, "rounds": 2})
+    engine.fit(model, v, clients, tx, ty, part, lambda x: x, workdir=tmp_path / "b", progress=False)
+    resumed = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=tmp_path / "b", progress=False)
+    jax.tree.map(np.testing.assert_array_equal, full.variables, resumed.variables)  # bitwise
+    rows = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["comm_mib"] == pytest.approx(full.comm_mib)
+    assert (tmp_path / "a" / "accuracy.png").stat().st_size > 1000
+
+
+def test_nan_loss_names_round_and_client(tmp_path):
+    model, v, clients, spec = _linear_setup({"rounds": 3})
+    x = clients.x.copy()
+    x[2, 3] = np.nan
+    bad = engine.ClientArrays(x, clients.y, clients.n)
+    with pytest.raises(FloatingPointError, match=r"round 1: client 2"):
+        engine.fit(model, v, bad, clients.x[0], clients.y[0], spec, lambda x: x, workdir=tmp_path,
+                   progress=False)
+
+
+@pytest.mark.parametrize("kw,msg", [({"rounds": 0}, "rounds"), ({"aggregator": "fedsgd"}, "fedavg"),
+                                    ({"participation": 1.5}, "participation"),
+                                    ({"aggregator": "fedprox"}, "prox_mu"), ({"strategy": "pmap"}, "vmap")])
+def test_train_spec_errors(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        engine.TrainSpec(**kw).validate()
+
+
+def test_linear_federated_training_learns():
+    model, v, clients, spec = _linear_setup({"rounds": 5}, sizes=(60, 10, 90, 30), seed=3)
+    xs, ys = _blobs(1, 300, seed=3)
+    res = engine.fit(model, v, clients, xs[0], ys[0], spec, lambda x: x, progress=False)
+    assert res.history[-1]["accuracy"] > 0.9
