@@ -1,0 +1,152 @@
+"""The experiment configuration: one `ml_collections.ConfigDict`, defaults from the
+paper, validated as a whole before any compute.
+
+`configs/<experiment>.py` files start from `base_config()` and override what they
+need; `python -m fastjax.main --config configs/x.py --config.train.rounds=5` overrides
+further from the command line (unknown keys are refused by the locked ConfigDict).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Allowed values; the registries themselves live in their stages and are imported
+# lazily in `validate` so that reading a config stays cheap.
+LABEL_MERGES = ("human+weak", "human", "weak", "seed")
+LABEL_WHERE = ("client", "central")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"
+    c.data.root = ""  # empty: $FASTJAX_DATA_ROOT, then the loaders' own search paths
+    c.data.train_limit = 0  # >0: a seeded class-stratified subset (demos, smoke runs)
+    c.data.test_limit = 0
+
+    c.partition = ml_collections.ConfigDict()
+    c.partition.scheme = "dirichlet"  # iid | dirichlet | logo | shards
+    c.partition.num_clients = 10
+    c.partition.alpha = 0.1
+    c.partition.classes_per_client = 2
+
+    c.seed_labels = ml_collections.ConfigDict()
+    c.seed_labels.fraction = 0.01  # FAST-official: 1% of the data, balanced by class
+    c.seed_labels.mode = "balanced"  # balanced | random
+
+    c.encoder = ml_collections.ConfigDict()
+    c.encoder.name = "siglip"  # the paper's SigLIP ViT-B/16
+    c.encoder.variant = "base-patch16-224"
+    c.encoder.checkpoint = ""  # local dir or file; empty: $FASTJAX_WEIGHTS/<name>/...
+    c.encoder.image_size = 0  # 0: the checkpoint's own resolution
+    c.encoder.batch_size = 256
+    c.encoder.dtype = "float32"  # bfloat16 on accelerators
+    c.encoder.cache_dir = ""  # empty: ~/.cache/fastjax/embeddings
+
+    c.labeling = ml_collections.ConfigDict()
+    c.labeling.budget = 0.2  # oracle budget as a fraction of the training set (paper: 5%, 20%)
+    c.labeling.k = 10
+    c.labeling.measure = "entropy"  # Eq. 8; norm | least_confidence | smallest_margin | largest_margin
+    c.labeling.score_source = "prototype"  # Eq. 7; FAST-official main path: knn_votes
+    c.labeling.normalize = "softmax"  # Eq. 8; FAST-official: sum (entropy) / none (others)
+    c.labeling.class_aware = False  # FAST-official: True
+    c.labeling.strategy = "uncertainty"  # random: Table II component 4 ablation
+    c.labeling.labeled_source = "own"  # own | shared (seeds pooled through the server)
+    c.labeling.where = "client"  # client (paper) | central (FAST-official: before partitioning)
+    c.labeling.merge = "human+weak"  # human | weak | seed
+    c.labeling.tie_break = "nearest"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cnn4"  # cnn4 | resnet8_fast | resnet8_preact | linear (linear probing)
+    c.model.conv_impl = "im2col"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.rounds = 100
+    c.train.local_epochs = 5
+    c.train.local_steps = 0  # >0 overrides local_epochs
+    c.train.batch_size = 128
+    c.train.lr = 1e-3
+    c.train.momentum = 0.9
+    c.train.weight_decay = 1e-4
+    c.train.lr_decay = 1.0
+    c.train.lr_decay_every = 0
+    c.train.aggregator = "fedavg"
+    c.train.prox_mu = 0.0
+    c.train.participation = 1.0
+    c.train.strategy = "vmap"
+    c.train.eval_every = 1
+    c.train.checkpoint_every = 10
+    c.train.eval_batch_size = 1000
+    c.lock()
+    return c
+
+
+def train_spec(config):
+    from fastjax.federate.engine import TrainSpec
+
+    t = config.train
+    return TrainSpec(
+        rounds=t.rounds, local_epochs=t.local_epochs, local_steps=t.local_steps or None,
+        batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        lr_decay=t.lr_decay, lr_decay_every=t.lr_decay_every, aggregator=t.aggregator,
+        prox_mu=t.prox_mu, participation=t.participation, strategy=t.strategy,
+        eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+        eval_batch_size=t.eval_batch_size, seed=config.seed)
+
+
+def validate(config) -> None:
+    """Check every option before any compute; one error lists every problem found."""
+    from fastjax.data import DATASETS
+    from fastjax.encode import ENCODERS
+    from fastjax.federate.models import MODELS
+    from fastjax.label import NORMALIZE, UNCERTAINTY
+    from fastjax.partition import PARTITIONS
+
+    errs = []
+
+    def choice(key, value, allowed):
+        if value not in allowed:
+            errs.append(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}")
+
+    choice("data.name", config.data.name, DATASETS)
+    choice("partition.scheme", config.partition.scheme, PARTITIONS)
+    choice("seed_labels.mode", config.seed_labels.mode, ("balanced", "random"))
+    choice("encoder.name", config.encoder.name, ENCODERS)
+    choice("encoder.dtype", config.encoder.dtype, ("float32", "bfloat16"))
+    choice("labeling.measure", config.labeling.measure, UNCERTAINTY)
+    choice("labeling.normalize", config.labeling.normalize, NORMALIZE)
+    choice("labeling.score_source", config.labeling.score_source, ("prototype", "knn_votes"))
+    choice("labeling.strategy", config.labeling.strategy, ("uncertainty", "random"))
+    choice("labeling.labeled_source", config.labeling.labeled_source, ("own", "shared"))
+    choice("labeling.where", config.labeling.where, LABEL_WHERE)
+    choice("labeling.merge", config.labeling.merge, LABEL_MERGES)
+    choice("labeling.tie_break", config.labeling.tie_break, ("nearest", "lowest_class"))
+    choice("model.name", config.model.name, MODELS)
+    choice("model.conv_impl", config.model.conv_impl, ("im2col", "lax"))
+    if config.partition.num_clients < 1:
+        errs.append(f"partition.num_clients={config.partition.num_clients} must be >= 1")
+    if config.partition.scheme == "dirichlet" and not config.partition.alpha > 0:
+        errs.append(f"partition.alpha={config.partition.alpha} must be > 0")
+    if not 0 < config.seed_labels.fraction <= 1:
+        errs.append(f"seed_labels.fraction={config.seed_labels.fraction} must be in (0, 1]")
+    if not 0 <= config.labeling.budget <= 1:
+        errs.append(f"labeling.budget={config.labeling.budget} is a fraction of the training set; "
+                    "it must be in [0, 1]")
+    if config.labeling.k < 1:
+        errs.append(f"labeling.k={config.labeling.k} must be >= 1")
+    if config.labeling.where == "central" and config.labeling.labeled_source == "shared":
+        errs.append("labeling.where='central' already pools every seed; set labeling.labeled_source='own'")
+    if config.labeling.merge in ("weak", "seed") and config.labeling.budget > 0:
+        errs.append(f"labeling.merge={config.labeling.merge!r} queries no oracle; set labeling.budget=0")
+    if config.data.train_limit < 0 or config.data.test_limit < 0:
+        errs.append("data.train_limit and data.test_limit must be >= 0 (0 = everything)")
+    if config.encoder.batch_size < 1 or config.encoder.image_size < 0:
+        errs.append("encoder.batch_size must be >= 1 and encoder.image_size >= 0")
+    try:
+        train_spec(config).validate()
+    except ValueError as e:
+        errs.extend(str(e).splitlines()[1:])
+    if errs:
+        raise ValueError("invalid config:\n  " + "\n  ".join(e.strip() for e in errs))
