@@ -33,8 +33,46 @@ def _bias_init(fan_in: int):
     return init
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A.
+_WG = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def _winograd_input(xp, t_h: int, t_w: int):
+    """B^T d B for every 4x4 tile (stride 2) of the padded input, without forming the
+    tiles: B^T's rows are +-1 combinations of four row-shifted strided views."""
+
+    def rows(v, axis):  # the four combinations of B^T along one axis
+        s = [jax.lax.slice_in_dim(v, i, i + 2 * (t_h if axis == 1 else t_w) - 1, 2, axis) for i in range(4)]
+        return (s[0] - s[2], s[1] + s[2], s[2] - s[1], s[1] - s[3])
+
+    out = []
+    for r in rows(xp, 1):
+        out.extend(rows(r, 2))
+    return jnp.stack(out)  # (16, B, t_h, t_w, C)
+
+
+def conv3x3_winograd(x, kernel):
+    """3x3, stride 1, padding 1 convolution by Winograd F(2x2, 3x3): 16 (C x O) matmuls
+    over 2x2 output tiles, 2.25x fewer multiply-adds than direct or im2col convolution.
+    Odd sizes are padded by one row / column and cropped."""
+    b, h, w, c = x.shape
+    t_h, t_w = -(-h // 2), -(-w // 2)
+    xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * t_h - h), (1, 1 + 2 * t_w - w), (0, 0)))
+    g = jnp.asarray(_WG, kernel.dtype)
+    u = jnp.einsum("ai,ijco,bj->abco", g, kernel, g).reshape(16, c, -1)
+    v = _winograd_input(xp, t_h, t_w).reshape(16, -1, c)
+    m = jnp.einsum("pnc,pco->pno", v, u).reshape(4, 4, b, t_h, t_w, -1)
+    # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] along both tile axes.
+    m = jnp.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]])
+    m = jnp.stack([m[:, 0] + m[:, 1] + m[:, 2], m[:, 1] - m[:, 2] - m[:, 3]], axis=1)
+    y = m.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * t_h, 2 * t_w, -1)
+    return y[:, :h, :w]
+
+
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "im2col"):
     """2-D convolution, NHWC input and HWIO kernel, symmetric zero padding."""
+    if impl == "winograd" and kernel.shape[:2] == (3, 3) and stride == 1 and padding == 1:
+        return conv3x3_winograd(x, kernel)
     if impl == "lax":
         return jax.lax.conv_general_dilated(
             x, kernel, (stride, stride), [(padding, padding)] * 2,
@@ -201,13 +239,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearProbe,
 }
 PIXEL_MODELS = ("cnn4", "resnet8_fast", "resnet8_preact")
+CONV_IMPLS = ("im2col", "winograd", "lax")
 
 
 def make_model(name: str, num_classes: int, conv_impl: str = "im2col") -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is not a known model; choose one of {sorted(MODELS)}")
-    if conv_impl not in ("im2col", "lax"):
-        raise ValueError(f"model.conv_impl={conv_impl!r}; choose 'im2col' or 'lax'")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"model.conv_impl={conv_impl!r}; choose one of {CONV_IMPLS}")
     if name == "linear":
         return LinearProbe(num_classes)
     return MODELS[name](num_classes=num_classes, conv_impl=conv_impl)
