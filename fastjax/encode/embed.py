@@ -1,0 +1,147 @@
+"""Embed a whole dataset with a frozen encoder, streaming batches, with an on-disk cache."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fastjax.encode import core
+
+CACHE_VERSION = 1
+
+
+def cache_metadata(encoder: core.Encoder, images: np.ndarray, dtype: str,
+                   cache_key: dict) -> dict:
+    """Everything an embedding depends on; its hash names the cache files."""
+    # First/last image bytes: a cheap guard against a reused dataset name.
+    probe = hashlib.sha256(images[:1].tobytes() + images[-1:].tobytes()).hexdigest()[:16]
+    return {
+        "version": CACHE_VERSION,
+        "encoder": encoder.name, "variant": encoder.variant, "digest": encoder.digest,
+        "note": encoder.note, "image_size": encoder.image_size,
+        "mean": list(encoder.mean), "std": list(encoder.std), "dtype": dtype,
+        "n": int(images.shape[0]), "image_shape": list(images.shape[1:]), "probe": probe,
+        **{f"key.{k}": v for k, v in sorted(cache_key.items())},
+    }
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _embed_batch(apply, image_size, mean, std, compute_dtype, params, batch):
+    # Static args are small values (not params), so repeated embed calls with the same
+    # encoder reuse one compiled function.
+    x = core.preprocess_images(batch, image_size, mean, std).astype(compute_dtype)
+    return apply(params, x).astype(jnp.float32)
+
+
+def _cache_paths(cache_dir, meta):
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stem = Path(cache_dir) / f"{meta['encoder']}-{h}"
+    return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 256,
+          dtype: str | None = None, cache_dir=None, cache_key: dict | None = None,
+          progress: bool = True, return_stats: bool = False):
+    """Embed uint8 NHWC images -> float32 (N, encoder.dim).
+
+    Preprocessing (resize, normalise) runs inside the same jitted function as the
+    encoder, one batch at a time, so no resized copy of the dataset is ever held. The last
+    batch is zero-padded to ``batch_size``: one compile per call. ``dtype="bfloat16"``
+    casts params and inputs (for accelerators; on CPU it is usually slower).
+
+    With ``cache_dir``, ``cache_key`` (e.g. ``{"dataset": "cifar10", "split": "train"}``)
+    is required; the result is stored as ``.npy`` + ``.json`` keyed by encoder name,
+    checkpoint digest, preprocessing, dtype, N and ``cache_key``, and a later call with
+    the same key loads it without running the encoder.
+
+    With ``return_stats``, returns ``(embeddings, stats)``; stats has ``images_per_sec``
+    (steady state, first compiled batch excluded when there are several), ``seconds``,
+    ``first_batch_seconds`` (includes the compile) and ``cached``.
+    """
+    images = np.asarray(images_uint8)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"embed: expected uint8 (N, H, W, C) images, got {images.dtype} "
+                         f"{images.shape}")
+    dtype = dtype or encoder.dtype
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"embed: dtype={dtype!r}; allowed: 'float32', 'bfloat16'")
+    n = images.shape[0]
+
+    paths = None
+    if cache_dir is not None:
+        if not cache_key:
+            raise ValueError("embed: cache_dir given without cache_key; pass e.g. "
+                             "cache_key={'dataset': 'cifar10', 'split': 'train'}")
+        meta = cache_metadata(encoder, images, dtype, cache_key)
+        paths = _cache_paths(cache_dir, meta)
+        if paths[0].is_file() and paths[1].is_file():
+            with open(paths[1]) as f:
+                stored = json.load(f)
+            out = np.load(paths[0])
+            if stored.get("meta") == json.loads(json.dumps(meta, default=str)) \
+                    and out.shape == (n, encoder.dim):
+                stats = {"cached": True, "images_per_sec": None, "seconds": 0.0,
+                         "first_batch_seconds": 0.0, "path": str(paths[0])}
+                return (out, stats) if return_stats else out
+
+    out = np.empty((n, encoder.dim), np.float32)
+    stats = {"cached": False, "images_per_sec": 0.0, "seconds": 0.0, "first_batch_seconds": 0.0}
+    if n == 0:
+        return (out, stats) if return_stats else out
+    bs = min(batch_size, n)
+    params = core.cast_floating(encoder.params, jnp.dtype(dtype))
+    step = functools.partial(_embed_batch, encoder.apply, encoder.image_size,
+                             tuple(encoder.mean), tuple(encoder.std), dtype)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="img", unit_scale=True, desc=f"embed[{encoder.name}]")
+    t0 = time.perf_counter()
+    t_first = None
+    pending = None  # (start, count, device result): fetch one batch behind dispatch
+    for start in range(0, n, bs):
+        batch = images[start:start + bs]
+        count = batch.shape[0]
+        if count < bs:
+            batch = np.concatenate([batch, np.zeros((bs - count,) + batch.shape[1:], np.uint8)])
+        result = step(params, batch)
+        if pending is not None:
+            s, c, r = pending
+            out[s:s + c] = np.asarray(r)[:c]
+            if bar is not None:
+                bar.update(c)
+        if t_first is None:
+            jax.block_until_ready(result)
+            t_first = time.perf_counter()
+        pending = (start, count, result)
+    s, c, r = pending
+    out[s:s + c] = np.asarray(r)[:c]
+    t_end = time.perf_counter()
+    if bar is not None:
+        bar.update(c)
+        bar.close()
+    stats["seconds"] = t_end - t0
+    stats["first_batch_seconds"] = t_first - t0
+    steady = n - bs
+    stats["images_per_sec"] = (steady / (t_end - t_first) if steady > 0 and t_end > t_first
+                               else n / (t_end - t0))
+
+    if paths is not None:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths[0].with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(paths[0])
+        with open(paths[1], "w") as f:
+            json.dump({"meta": meta, "shape": list(out.shape),
+                       "images_per_sec": stats["images_per_sec"]}, f, indent=1, default=str)
+        stats["path"] = str(paths[0])
+    return (out, stats) if return_stats else out
