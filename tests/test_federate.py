@@ -89,6 +89,19 @@ def test_im2col_conv_matches_lax_conv(name, shape):
     assert ya.shape == (3, 7)
 
 
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_winograd_conv_matches_lax_conv(shape):
+    x = jnp.asarray(RNG.normal(size=(3,) + shape), jnp.float32)
+    v = models.init_variables(models.make_model("cnn4", 7), shape)
+    outs = [models.make_model("cnn4", 7, impl).apply(v, x, train=True, mutable=["batch_stats"])[0]
+            for impl in ("winograd", "lax")]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    # and its gradient (the backward pass is autodiff through the transforms)
+    grads = [jax.grad(lambda w: jnp.sum(jnp.sin(models.conv2d(x, w, 1, 1, impl))))(
+        jnp.asarray(RNG.normal(size=(3, 3, shape[-1], 5)), jnp.float32) * 0 + 0.1) for impl in ("winograd", "lax")]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
 def test_cnn4_parameter_count_and_flatten():
     # 4 convs (3x3, 64) with bias, 4 BatchNorm (scale, bias), Linear(64 * (s // 16)^2 -> 10).
     for s, c, flat in ((28, 1, 64), (32, 3, 256), (64, 3, 1024)):

@@ -125,11 +125,15 @@ def state_bytes(variables) -> int:
     return total + 8 * bn_layers
 
 
-def padding_waste(n: np.ndarray, steps: np.ndarray, batch_size: int, max_steps: int) -> float:
+def padding_waste(n: np.ndarray, steps: np.ndarray, batch_size: int, max_steps: int,
+                  by_epochs: bool = True) -> float:
     """Fraction of the compiled sample slots that are padding (masked work)."""
     used = 0
     for nk, sk in zip(n.tolist(), steps.tolist()):
         if nk == 0:
+            continue
+        if not by_epochs:  # fixed steps: full batches (wrapping)
+            used += sk * batch_size
             continue
         spe = -(-nk // batch_size)
         full, rest = divmod(sk, spe)
@@ -153,8 +157,11 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, max_steps: int, 
     round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key) -> (vars, stats)
     where x, y, n, steps are already the selected clients' rows.
     """
+    by_epochs = spec.local_steps is None
     lspec = local.LocalSpec(spec.batch_size, max_steps, spec.momentum, spec.weight_decay,
-                            spec.prox_mu if spec.aggregator == "fedprox" else 0.0)
+                            spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
+                            epochs=spec.local_epochs if by_epochs else 1,
+                            epoch_steps=max_steps // spec.local_epochs if by_epochs else None)
     run = execution.lift(local.make_local_update(model, lspec, preprocess), spec.strategy, mesh)
     aggregate = aggregators.AGGREGATORS[spec.aggregator]
 
@@ -213,7 +220,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     max_steps = int(steps_all.max())
     if max_steps == 0:
         raise ValueError("every client has an empty training set")
-    waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps)
+    waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None)
 
     x_dev, y_dev = jnp.asarray(clients.x), jnp.asarray(clients.y)
     n_all = clients.n

@@ -5,9 +5,11 @@ Clients hold different amounts of data (Dirichlet partitions), but a compiled st
 needs static shapes. Each client's data is padded to the largest client; a client takes
 its own number of steps (`steps[k]`, e.g. local_epochs * ceil(n_k / batch)) and the
 steps past that are masked out (parameters, optimiser and BatchNorm state unchanged).
-Within an epoch a client visits its own samples in a fresh random order; the last
-batch of an epoch may be partial, its padding masked out of the loss and of the
-BatchNorm statistics (as torch's DataLoader with drop_last=False).
+With local epochs (the paper's setting), each epoch visits the client's own samples
+in a fresh random order, drawn once per epoch; the last batch of an epoch may be
+partial, its padding masked out of the loss and of the BatchNorm statistics (as
+torch's DataLoader with drop_last=False). With a fixed number of local steps, batches
+are consecutive slices of one random order, wrapping around (always full).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ class LocalSpec:
     """Static description of one client's local update (hashable, used as a jit key)."""
 
     batch_size: int
-    max_steps: int
+    max_steps: int  # the largest client's step count
     momentum: float = 0.9
     weight_decay: float = 1e-4
     prox_mu: float = 0.0  # FedProx proximal weight; 0 = plain local SGD
+    epochs: int = 1  # local epochs (1 with fixed local steps)
+    epoch_steps: int | None = None  # steps in the largest client's epoch; None = fixed local steps
 
 
 def steps_per_client(num_samples, batch_size: int, local_epochs: int | None, local_steps: int | None):
@@ -41,6 +45,15 @@ def steps_per_client(num_samples, batch_size: int, local_epochs: int | None, loc
     return (int(local_epochs) * -(-n // batch_size)).astype(np.int32)
 
 
+
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser: a cheap, well-mixed integer hash."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
 
 def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array]):
@@ -74,48 +87,61 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
+    def order(key, n, size):
+        """A random order of the client's n samples (padding sorts last), drawn once per
+        epoch. Sort keys are a hash of (epoch key, position), so the order of the real
+        samples does not depend on how much padding follows them."""
+        pos = jnp.arange(size, dtype=jnp.uint32)
+        h = _fmix32(pos ^ jax.random.bits(key, dtype=jnp.uint32))
+        h = jnp.where(pos < n.astype(jnp.uint32), h >> 1, jnp.uint32(0xFFFFFFFF))
+        return jnp.argsort(h, stable=True).astype(jnp.int32)
+
     def local_update(global_vars: dict[str, Any], x, y, n, steps, lr, key):
         global_params = global_vars["params"]
-        params = global_params
         batch_stats = global_vars.get("batch_stats")
-        opt_state = tx.init(params)
         n = jnp.asarray(n, jnp.int32)
-        spe = jnp.maximum((n + b - 1) // b, 1)  # steps per epoch
-        pos = jnp.arange(x.shape[0])
-        slot = jnp.arange(b)
+        size = x.shape[0]
+        spe = jnp.maximum((n + b - 1) // b, 1)  # this client's steps per epoch
+        slot = jnp.arange(b, dtype=jnp.int32)
 
-        def step(carry, t):
-            params, batch_stats, opt_state, loss_sum = carry
-            epoch, j = t // spe, t % spe
-            # A fresh order of the client's own samples each epoch; padding sorts last.
-            # Per-position draws (fold_in by position) keep the order independent of padding.
-            ekey = jax.random.fold_in(key, epoch)
-            u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(ekey, i)))(pos)
-            perm = jnp.argsort(jnp.where(pos < n, u, 2.0))
-            start = j * b
-            take = start + slot
-            valid = take < n
-            idx = jax.lax.dynamic_slice_in_dim(jnp.concatenate([perm, perm[:b]]), start, b)
+        def step(carry, j, perm, epoch):
+            params, batch_stats, opt_state, loss_sum, taken = carry
+            if spec.epoch_steps is None:  # fixed local steps: one order, wrapping around
+                take = (j * b + slot) % jnp.maximum(n, 1)
+                valid = jnp.ones((b,), bool)
+                active = j < steps
+            else:  # local epochs: the last batch of an epoch may be partial (masked)
+                take = j * b + slot
+                valid = take < n
+                active = (j < spe) & (epoch * spe + j < steps)
+            idx = perm[jnp.minimum(take, size - 1)]
             xb = preprocess(x[idx])
             grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx], valid)
             updates, new_opt = tx.update(grads, opt_state, params)
             new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-            active = t < steps
             keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(active, a, c), new, old)
             params = keep(new_params, params)
             opt_state = keep(new_opt, opt_state)
             if batch_stats is not None:
                 batch_stats = keep(new_stats, batch_stats)
             loss_sum = loss_sum + jnp.where(active, loss, 0.0)
-            return (params, batch_stats, opt_state, loss_sum), None
+            return (params, batch_stats, opt_state, loss_sum, taken + active), None
 
-        carry = (params, batch_stats, opt_state, jnp.zeros((), jnp.float32))
-        (params, batch_stats, _, loss_sum), _ = jax.lax.scan(
-            step, carry, jnp.arange(spec.max_steps, dtype=jnp.int32))
+        def epoch_fn(carry, epoch):
+            perm = order(jax.random.fold_in(key, epoch), n, size)
+            inner = spec.max_steps if spec.epoch_steps is None else spec.epoch_steps
+            carry, _ = jax.lax.scan(lambda c, j: step(c, j, perm, epoch), carry,
+                                    jnp.arange(inner, dtype=jnp.int32))
+            return carry, None
+
+        carry = (global_params, batch_stats, tx.init(global_params), jnp.zeros((), jnp.float32),
+                 jnp.zeros((), jnp.int32))
+        (params, batch_stats, _, loss_sum, taken), _ = jax.lax.scan(
+            epoch_fn, carry, jnp.arange(spec.epochs, dtype=jnp.int32))
         out = {"params": params}
         if batch_stats is not None:
             out["batch_stats"] = batch_stats
-        stats = {"loss": loss_sum / jnp.maximum(steps, 1).astype(jnp.float32), "steps": steps}
+        stats = {"loss": loss_sum / jnp.maximum(taken, 1).astype(jnp.float32), "steps": taken}
         return out, stats
 
     return local_update
