@@ -70,7 +70,9 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
         variables = {"params": params}
         if batch_stats is not None:
             variables["batch_stats"] = batch_stats
-            logits, new_state = model.apply(variables, xb, train=True, mask=valid,
+            # Fixed-step batches are always full: no BatchNorm masking needed.
+            mask = None if spec.epoch_steps is None else valid
+            logits, new_state = model.apply(variables, xb, train=True, mask=mask,
                                             mutable=["batch_stats"])
             new_stats = new_state["batch_stats"]
         else:
