@@ -111,6 +111,11 @@ def test_cnn4_parameter_count_and_flatten():
         assert n == expect
 
 
+def test_impossible_input_shape_is_refused():
+    with pytest.raises(ValueError, match="at least 16x16"):
+        models.init_variables(models.make_model("cnn4", 10), (8, 8, 3))
+
+
 def test_masked_batchnorm_ignores_padding():
     model = models.make_model("cnn4", 5)
     v = models.init_variables(model, (16, 16, 3))

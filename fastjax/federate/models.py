@@ -258,5 +258,8 @@ def make_model(name: str, num_classes: int, conv_impl: str = "im2col") -> nn.Mod
 
 def init_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> dict[str, Any]:
     """Initial {'params', 'batch_stats'?} for one model given one sample's shape."""
+    if not isinstance(model, LinearProbe) and (len(input_shape) != 3 or min(input_shape[:2]) < 16):
+        raise ValueError(f"{type(model).__name__} needs (H, W, C) images of at least 16x16 pixels "
+                         f"(four 2x poolings / strided stages), got sample shape {tuple(input_shape)}")
     x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
     return dict(model.init(jax.random.PRNGKey(seed), x, train=False))
