@@ -106,40 +106,37 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
         spe = jnp.maximum((n + b - 1) // b, 1)  # this client's steps per epoch
         slot = jnp.arange(b, dtype=jnp.int32)
 
-        def step(carry, j, perm, epoch):
-            params, batch_stats, opt_state, loss_sum, taken = carry
+        def step(j, carry, perm):
+            params, batch_stats, opt_state, loss_sum = carry
             if spec.epoch_steps is None:  # fixed local steps: one order, wrapping around
                 take = (j * b + slot) % jnp.maximum(n, 1)
                 valid = jnp.ones((b,), bool)
-                active = j < steps
             else:  # local epochs: the last batch of an epoch may be partial (masked)
                 take = j * b + slot
                 valid = take < n
-                active = (j < spe) & (epoch * spe + j < steps)
             idx = perm[jnp.minimum(take, size - 1)]
             xb = preprocess(x[idx])
             grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx], valid)
-            updates, new_opt = tx.update(grads, opt_state, params)
-            new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(active, a, c), new, old)
-            params = keep(new_params, params)
-            opt_state = keep(new_opt, opt_state)
-            if batch_stats is not None:
-                batch_stats = keep(new_stats, batch_stats)
-            loss_sum = loss_sum + jnp.where(active, loss, 0.0)
-            return (params, batch_stats, opt_state, loss_sum, taken + active), None
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+            return params, (new_stats if batch_stats is not None else None), opt_state, loss_sum + loss
 
         def epoch_fn(carry, epoch):
             perm = order(jax.random.fold_in(key, epoch), n, size)
-            inner = spec.max_steps if spec.epoch_steps is None else spec.epoch_steps
-            carry, _ = jax.lax.scan(lambda c, j: step(c, j, perm, epoch), carry,
-                                    jnp.arange(inner, dtype=jnp.int32))
+            # The loop bound is this client's own step count: run one client at a time
+            # (sequential) and padding costs nothing; vmapped, JAX's batched while loop runs
+            # to the largest bound and keeps finished clients' state unchanged.
+            if spec.epoch_steps is None:
+                bound = steps
+            else:
+                bound = jnp.clip(steps - epoch * spe, 0, spe)
+            carry = jax.lax.fori_loop(0, bound, lambda j, c: step(j, c, perm), carry)
             return carry, None
 
-        carry = (global_params, batch_stats, tx.init(global_params), jnp.zeros((), jnp.float32),
-                 jnp.zeros((), jnp.int32))
-        (params, batch_stats, _, loss_sum, taken), _ = jax.lax.scan(
+        carry = (global_params, batch_stats, tx.init(global_params), jnp.zeros((), jnp.float32))
+        (params, batch_stats, _, loss_sum), _ = jax.lax.scan(
             epoch_fn, carry, jnp.arange(spec.epochs, dtype=jnp.int32))
+        taken = jnp.asarray(steps, jnp.int32)
         out = {"params": params}
         if batch_stats is not None:
             out["batch_stats"] = batch_stats
