@@ -127,7 +127,9 @@ def state_bytes(variables) -> int:
 
 def padding_waste(n: np.ndarray, steps: np.ndarray, batch_size: int, max_steps: int,
                   by_epochs: bool = True) -> float:
-    """Fraction of the compiled sample slots that are padding (masked work)."""
+    """Fraction of the compiled sample slots that are padding: masked work for the
+    vmap and sharded strategies (the sequential one skips padded steps, but still pays
+    for the padded part of each client's last partial batch)."""
     used = 0
     for nk, sk in zip(n.tolist(), steps.tolist()):
         if nk == 0:

@@ -3,8 +3,11 @@ decide how many clients run and where).
 
 Clients hold different amounts of data (Dirichlet partitions), but a compiled step
 needs static shapes. Each client's data is padded to the largest client; a client takes
-its own number of steps (`steps[k]`, e.g. local_epochs * ceil(n_k / batch)) and the
-steps past that are masked out (parameters, optimiser and BatchNorm state unchanged).
+its own number of steps (`steps[k]`, e.g. local_epochs * ceil(n_k / batch)) as a
+dynamic loop bound: run one client at a time (`sequential`) it executes exactly those
+steps; vmapped, the batched loop runs to the largest bound and leaves finished clients'
+parameters, optimiser and BatchNorm state unchanged (that masked work is what
+`engine.padding_waste` reports).
 With local epochs (the paper's setting), each epoch visits the client's own samples
 in a fresh random order, drawn once per epoch; the last batch of an epoch may be
 partial, its padding masked out of the loss and of the BatchNorm statistics (as
