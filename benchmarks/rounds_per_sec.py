@@ -55,7 +55,7 @@ def fastjax_round(strategy: str, conv_impl: str, w: dict, repeats: int) -> dict:
                                  dtype=np.uint8))
     y = jnp.asarray(rng.integers(0, w["classes"], (k_pad, w["samples"])), jnp.int32)
     pre = lambda a: (a.astype(jnp.float32) / 255.0 - 0.5) / 0.5  # noqa: E731
-    round_fn = engine.make_round_fn(model, spec, pre, int(steps.max()))
+    round_fn = engine.make_round_fn(model, spec, pre)
     args = (variables, x, y, jnp.asarray(n), jnp.asarray(steps), jnp.arange(k_pad, dtype=jnp.int32),
             jnp.float32(1e-3), jax.random.PRNGKey(0))
     t0 = time.perf_counter()

@@ -151,7 +151,7 @@ def _linear_setup(spec_kw=None, sizes=(40, 40, 40, 40), seed=0):
 def test_local_update_lr_zero_keeps_params():
     model = models.make_model("cnn4", 4)
     v = models.init_variables(model, (16, 16, 3))
-    lu = local.make_local_update(model, local.LocalSpec(8, 3, 0.9, 0.0), lambda x: x)
+    lu = local.make_local_update(model, local.LocalSpec(8, 0.9, 0.0), lambda x: x)
     x = jnp.asarray(RNG.normal(size=(20, 16, 16, 3)), jnp.float32)
     out, stats = lu(v, x, jnp.zeros(20, jnp.int32), 20, 3, 0.0, jax.random.PRNGKey(0))
     jax.tree.map(np.testing.assert_array_equal, out["params"], v["params"])
@@ -194,8 +194,8 @@ def test_fedprox_zero_mu_equals_fedavg_training():
     model, v, clients, spec = _linear_setup({"rounds": 2})
     tx, ty = clients.x[0], clients.y[0]
     a = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, progress=False)
-    lspec = local.LocalSpec(16, 5, prox_mu=0.0)
-    lspec_p = local.LocalSpec(16, 5, prox_mu=1e-12)
+    lspec = local.LocalSpec(16, prox_mu=0.0)
+    lspec_p = local.LocalSpec(16, prox_mu=1e-12)
     x, y = jnp.asarray(clients.x[0]), jnp.asarray(clients.y[0])
     o1, _ = local.make_local_update(model, lspec, lambda x: x)(v, x, y, 40, 5, 0.05, jax.random.PRNGKey(1))
     o2, _ = local.make_local_update(model, lspec_p, lambda x: x)(v, x, y, 40, 5, 0.05, jax.random.PRNGKey(1))

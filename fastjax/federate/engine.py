@@ -153,17 +153,16 @@ def select_clients(num_clients: int, participation: float, seed: int, round_: in
     return np.sort(rng.choice(num_clients, size=m, replace=False))
 
 
-def make_round_fn(model, spec: TrainSpec, preprocess: Callable, max_steps: int, mesh=None):
+def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     """One jitted round: local updates of the selected clients, then aggregation.
 
     round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key) -> (vars, stats)
     where x, y, n, steps are already the selected clients' rows.
     """
     by_epochs = spec.local_steps is None
-    lspec = local.LocalSpec(spec.batch_size, max_steps, spec.momentum, spec.weight_decay,
+    lspec = local.LocalSpec(spec.batch_size, spec.momentum, spec.weight_decay,
                             spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
-                            epochs=spec.local_epochs if by_epochs else 1,
-                            epoch_steps=max_steps // spec.local_epochs if by_epochs else None)
+                            epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs)
     run = execution.lift(local.make_local_update(model, lspec, preprocess), spec.strategy, mesh)
     aggregate = aggregators.AGGREGATORS[spec.aggregator]
 
@@ -226,7 +225,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
 
     x_dev, y_dev = jnp.asarray(clients.x), jnp.asarray(clients.y)
     n_all = clients.n
-    round_fn = make_round_fn(model, spec, preprocess, max_steps, mesh)
+    round_fn = make_round_fn(model, spec, preprocess, mesh)
     evaluate = make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
     base_key = jax.random.PRNGKey(spec.seed)

@@ -30,12 +30,11 @@ class LocalSpec:
     """Static description of one client's local update (hashable, used as a jit key)."""
 
     batch_size: int
-    max_steps: int  # the largest client's step count
     momentum: float = 0.9
     weight_decay: float = 1e-4
     prox_mu: float = 0.0  # FedProx proximal weight; 0 = plain local SGD
     epochs: int = 1  # local epochs (1 with fixed local steps)
-    epoch_steps: int | None = None  # steps in the largest client's epoch; None = fixed local steps
+    by_epochs: bool = False  # True: epochs of partial-last-batch passes; False: fixed local steps
 
 
 def steps_per_client(num_samples, batch_size: int, local_epochs: int | None, local_steps: int | None):
@@ -63,7 +62,7 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
     """Returns local_update(global_vars, x, y, n, steps, lr, key) -> (vars, stats).
 
     x: (max_n, ...) raw client samples (padded), y: (max_n,), n: number of real
-    samples, steps: this client's step count (<= spec.max_steps), lr: scalar, key: PRNG.
+    samples, steps: this client's step count (a dynamic loop bound), lr: scalar, key: PRNG.
     stats: {'loss': mean loss over taken steps, 'steps': steps taken}.
     """
     tx = optax.chain(optax.add_decayed_weights(spec.weight_decay), optax.trace(decay=spec.momentum))
@@ -74,7 +73,7 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
         if batch_stats is not None:
             variables["batch_stats"] = batch_stats
             # Fixed-step batches are always full: no BatchNorm masking needed.
-            mask = None if spec.epoch_steps is None else valid
+            mask = None if not spec.by_epochs else valid
             logits, new_state = model.apply(variables, xb, train=True, mask=mask,
                                             mutable=["batch_stats"])
             new_stats = new_state["batch_stats"]
@@ -111,7 +110,7 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
 
         def step(j, carry, perm):
             params, batch_stats, opt_state, loss_sum = carry
-            if spec.epoch_steps is None:  # fixed local steps: one order, wrapping around
+            if not spec.by_epochs:  # fixed local steps: one order, wrapping around
                 take = (j * b + slot) % jnp.maximum(n, 1)
                 valid = jnp.ones((b,), bool)
             else:  # local epochs: the last batch of an epoch may be partial (masked)
@@ -129,7 +128,7 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
             # The loop bound is this client's own step count: run one client at a time
             # (sequential) and padding costs nothing; vmapped, JAX's batched while loop runs
             # to the largest bound and keeps finished clients' state unchanged.
-            if spec.epoch_steps is None:
+            if not spec.by_epochs:
                 bound = steps
             else:
                 bound = jnp.clip(steps - epoch * spe, 0, spe)
