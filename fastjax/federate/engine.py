@@ -180,7 +180,7 @@ def make_eval_fn(model, preprocess: Callable):
     def predict(variables, xb):
         return jnp.argmax(model.apply(variables, preprocess(xb), train=False), axis=-1)
 
-    def evaluate(variables, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
+    def evaluate(variables, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Predicted labels for all of x (the last batch padded to a static shape)."""
         preds = []
         bs = min(batch_size, len(x))
@@ -269,8 +269,9 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
             pos = int(np.flatnonzero(~np.isfinite(losses) & real)[0])
             raise FloatingPointError(
                 f"round {r}: client {int(rows[pos])} produced a non-finite loss ({losses[pos]}); "
-                f"stopping. The last good checkpoint is round {ckpt.latest() if ckpt else last_good} "
-                f"in {workdir}; lower train.lr or check the data")
+                + (f"stopping. The last good checkpoint is round {ckpt.latest()} in {workdir}; "
+                   if ckpt else f"stopping after round {last_good}, the last good one; ")
+                + "lower train.lr or check the data")
         variables = new_vars
         last_good = r
         m = int(np.sum(real))
@@ -278,7 +279,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         rec = {"round": r, "loss": float(np.average(losses[real], weights=n_r[real])),
                "lr": spec.learning_rate(r - 1), "clients": m, "comm_mib": comm}
         if r % spec.eval_every == 0 or r == spec.rounds:
-            pred = evaluate(variables, test_x, test_y, spec.eval_batch_size)
+            pred = evaluate(variables, test_x, spec.eval_batch_size)
             rec["accuracy"] = float(np.mean(pred == test_y))
             if client_test is not None:
                 rec["client_accuracy"] = [float(np.mean(pred[ix] == test_y[ix])) if len(ix) else None

@@ -121,7 +121,7 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
             grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx], valid)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-            return params, (new_stats if batch_stats is not None else None), opt_state, loss_sum + loss
+            return params, new_stats, opt_state, loss_sum + loss
 
         def epoch_fn(carry, epoch):
             perm = order(jax.random.fold_in(key, epoch), n, size)
