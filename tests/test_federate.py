@@ -1,6 +1,7 @@
 """The federated engine: aggregators against numpy references, strategies against
 each other, masking, resume, communication accounting, a small real run."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -272,3 +273,54 @@ def test_linear_federated_training_learns():
     xs, ys = _blobs(1, 300, seed=3)
     res = engine.fit(model, v, clients, xs[0], ys[0], spec, lambda x: x, progress=False)
     assert res.history[-1]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("by_epochs", [True, False])
+def test_one_hot_soft_targets_and_unit_weights_change_nothing(by_epochs):
+    """Soft targets that are one-hot train exactly as the hard labels; weights of 1
+    exactly as no weights (CNN-4 with BatchNorm, both batching modes)."""
+    model = models.make_model("cnn4", 3)
+    v = models.init_variables(model, (16, 16, 3))
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(37, 16, 16, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 37), jnp.int32)
+    spec = local.LocalSpec(8, 0.9, 1e-4, epochs=2 if by_epochs else 1, by_epochs=by_epochs)
+    lu = jax.jit(local.make_local_update(model, spec, lambda a: a))
+    hard, _ = lu(v, x, y, 30, 7, 0.05, jax.random.PRNGKey(1))
+    for labels in (jnp.eye(3, dtype=jnp.float32)[y], (y, jnp.ones(37, jnp.float32))):
+        other, _ = lu(v, x, labels, 30, 7, 0.05, jax.random.PRNGKey(1))
+        jax.tree.map(np.testing.assert_array_equal, other, hard)
+
+
+def test_cross_entropy_soft_matches_numpy():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(6, 4)).astype(np.float32)
+    t = rng.dirichlet(np.ones(4), size=6).astype(np.float32)
+    ref = -(t * (logits - np.log(np.exp(logits).sum(1, keepdims=True)))).sum(1)
+    np.testing.assert_allclose(local.cross_entropy(jnp.asarray(logits), jnp.asarray(t)), ref, rtol=1e-5)
+    g = jax.grad(lambda l: local.cross_entropy(l, jnp.asarray(t)).sum())(jnp.asarray(logits))
+    sm = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(g, sm - t, atol=1e-6)
+
+
+def test_weights_scale_the_loss_and_stack_clients_pads_them():
+    xs, ys = _blobs(2, [10, 6])
+    ws = [np.linspace(0, 1, 10, dtype=np.float32), np.full(6, 0.5, np.float32)]
+    c = engine.stack_clients(xs, ys, ws)
+    assert c.w.shape == (2, 10) and (c.w[1, 6:] == 0).all()
+    np.testing.assert_array_equal(c.w[0], ws[0])
+    soft = engine.stack_clients(xs, [np.eye(3, dtype=np.float32)[y] for y in ys])
+    assert soft.y.shape == (2, 10, 3) and soft.y.dtype == np.float32
+    # Zero weights everywhere: no gradient from the data (lr > 0, no weight decay).
+    model = models.make_model("linear", 3)
+    v = models.init_variables(model, (8,))
+    lu = local.make_local_update(model, local.LocalSpec(4, 0.0, 0.0, epochs=1, by_epochs=True),
+                                 lambda a: a)
+    out, _ = lu(v, jnp.asarray(c.x[0]), (jnp.asarray(c.y[0]), jnp.zeros(10)), 10, 3, 0.1,
+                jax.random.PRNGKey(0))
+    jax.tree.map(np.testing.assert_array_equal, out["params"], v["params"])
+    # Weighted federated training runs through every strategy with the same numbers.
+    spec = engine.TrainSpec(rounds=1, local_epochs=1, batch_size=4, lr=0.1, checkpoint_every=0)
+    runs = [engine.fit(model, v, c, xs[0], ys[0], dataclasses.replace(spec, strategy=s),
+                       lambda a: a, progress=False).variables for s in ("vmap", "sequential")]
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7), *runs)

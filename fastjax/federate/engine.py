@@ -28,32 +28,50 @@ MIB = 1024.0 * 1024.0
 @dataclasses.dataclass(frozen=True)
 class ClientArrays:
     """Clients' training data stacked along a leading client axis, padded to the
-    largest client: x (K, max_n, ...), y (K, max_n) int32, n (K,) real sizes."""
+    largest client: x (K, max_n, ...), y (K, max_n) int32 labels or (K, max_n, C)
+    float32 soft targets, n (K,) real sizes, w (K, max_n) float32 per-sample loss
+    weights or None (all 1)."""
 
     x: np.ndarray
     y: np.ndarray
     n: np.ndarray
+    w: np.ndarray | None = None
 
     @property
     def num_clients(self) -> int:
         return int(self.x.shape[0])
 
+    def labels(self):
+        """What the local update takes as y: the labels, or (labels, weights)."""
+        return self.y if self.w is None else (self.y, self.w)
 
-def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> ClientArrays:
+
+def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                  ws: Sequence[np.ndarray] | None = None) -> ClientArrays:
+    """Pad and stack per-client (x, y[, w]); y: (n_k,) int labels or (n_k, C) soft targets."""
     if len(xs) != len(ys) or not xs:
         raise ValueError(f"need one (x, y) pair per client, got {len(xs)} x and {len(ys)} y")
+    if ws is not None and len(ws) != len(xs):
+        raise ValueError(f"need one weight array per client, got {len(ws)} for {len(xs)} clients")
     n = np.array([len(x) for x in xs], dtype=np.int32)
     for k, (x, y) in enumerate(zip(xs, ys)):
         if len(y) != len(x):
             raise ValueError(f"client {k}: {len(x)} samples but {len(y)} labels")
+        if ws is not None and len(ws[k]) != len(x):
+            raise ValueError(f"client {k}: {len(x)} samples but {len(ws[k])} weights")
     max_n = max(int(n.max()), 1)
     shape = xs[0].shape[1:]
+    soft = np.asarray(ys[0]).ndim == 2
     x_out = np.zeros((len(xs), max_n) + shape, dtype=xs[0].dtype)
-    y_out = np.zeros((len(xs), max_n), dtype=np.int32)
+    y_out = (np.zeros((len(xs), max_n, np.asarray(ys[0]).shape[1]), np.float32) if soft
+             else np.zeros((len(xs), max_n), dtype=np.int32))
+    w_out = None if ws is None else np.zeros((len(xs), max_n), np.float32)
     for k, (x, y) in enumerate(zip(xs, ys)):
         x_out[k, : len(x)] = x
         y_out[k, : len(y)] = y
-    return ClientArrays(x_out, y_out, n)
+        if w_out is not None:
+            w_out[k, : len(x)] = ws[k]
+    return ClientArrays(x_out, y_out, n, w_out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +241,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         raise ValueError("every client has an empty training set")
     waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None)
 
-    x_dev, y_dev = jnp.asarray(clients.x), jnp.asarray(clients.y)
+    x_dev = jnp.asarray(clients.x)
+    y_dev = jax.tree.map(jnp.asarray, clients.labels())
     n_all = clients.n
     round_fn = make_round_fn(model, spec, preprocess, mesh)
     evaluate = make_eval_fn(model, preprocess)
@@ -259,7 +278,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
             args = (x_dev, y_dev)  # full participation: no gather
         else:
             rows_dev = jnp.asarray(rows)
-            args = (x_dev[rows_dev], y_dev[rows_dev])
+            args = (x_dev[rows_dev], jax.tree.map(lambda a: a[rows_dev], y_dev))
         new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r),
                                    jnp.asarray(rows, jnp.int32), spec.learning_rate(r - 1),
                                    jax.random.fold_in(base_key, r))

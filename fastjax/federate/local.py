@@ -13,6 +13,12 @@ in a fresh random order, drawn once per epoch; the last batch of an epoch may be
 partial, its padding masked out of the loss and of the BatchNorm statistics (as
 torch's DataLoader with drop_last=False). With a fixed number of local steps, batches
 are consecutive slices of one random order, wrapping around (always full).
+
+Labels `y` are integer classes (max_n,), or soft targets (max_n, C) (the cross-entropy
+`logsumexp(logits) - sum_c t_c logits_c`, which a one-hot t reduces to the integer
+loss exactly), or either paired with per-sample loss weights as a tuple (y, w): the
+batch loss is sum_i w_i ce_i / (number of real samples in the batch), so weights of 1
+give the unweighted numbers.
 """
 
 from __future__ import annotations
@@ -58,17 +64,47 @@ def _fmix32(h):
     return h ^ (h >> 16)
 
 
+@jax.custom_vjp
+def _soft_cross_entropy(logits, targets):
+    return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(targets * logits, axis=-1)
+
+
+def _soft_ce_fwd(logits, targets):
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    return lse[..., 0] - jnp.sum(targets * logits, axis=-1), (logits, lse, targets)
+
+
+def _soft_ce_bwd(res, g):
+    # d ce / d logits = softmax(logits) - t, written out so that XLA sees the same
+    # graph whichever way the one-hot rows were made (no fused-multiply-add drift).
+    logits, lse, targets = res
+    return g[..., None] * (jnp.exp(logits - lse) - targets), jnp.zeros_like(targets)
+
+
+_soft_cross_entropy.defvjp(_soft_ce_fwd, _soft_ce_bwd)
+
+
+def cross_entropy(logits, targets):
+    """Per-sample softmax cross-entropy, logsumexp(logits) - sum_c t_c logits_c, with
+    soft targets t (..., C) or integer labels (one-hot rows of the same computation, so
+    one-hot soft targets give the very same losses and gradients)."""
+    if jnp.issubdtype(targets.dtype, jnp.integer):
+        targets = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    return _soft_cross_entropy(logits, targets)
+
+
 def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array]):
     """Returns local_update(global_vars, x, y, n, steps, lr, key) -> (vars, stats).
 
-    x: (max_n, ...) raw client samples (padded), y: (max_n,), n: number of real
+    x: (max_n, ...) raw client samples (padded), y: (max_n,) int labels, (max_n, C) soft
+    targets, or a tuple (labels, weights (max_n,)) (module docstring); n: number of real
     samples, steps: this client's step count (a dynamic loop bound), lr: scalar, key: PRNG.
     stats: {'loss': mean loss over taken steps, 'steps': steps taken}.
     """
     tx = optax.chain(optax.add_decayed_weights(spec.weight_decay), optax.trace(decay=spec.momentum))
     b = spec.batch_size
 
-    def loss_fn(params, batch_stats, global_params, xb, yb, valid):
+    def loss_fn(params, batch_stats, global_params, xb, yb, valid, wb):
         variables = {"params": params}
         if batch_stats is not None:
             variables["batch_stats"] = batch_stats
@@ -79,9 +115,10 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
             new_stats = new_state["batch_stats"]
         else:
             logits, new_stats = model.apply(variables, xb, train=True, mask=valid), None
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        ce = cross_entropy(logits, yb)
         w = valid.astype(ce.dtype)
-        loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+        weighted = ce * w if wb is None else ce * w * wb
+        loss = jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
         total = loss
         if spec.prox_mu:
             sq = sum(jnp.sum(jnp.square(p - g)) for p, g in
@@ -101,6 +138,7 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
         return jnp.argsort(h, stable=True).astype(jnp.int32)
 
     def local_update(global_vars: dict[str, Any], x, y, n, steps, lr, key):
+        y, w = y if isinstance(y, (tuple, list)) else (y, None)
         global_params = global_vars["params"]
         batch_stats = global_vars.get("batch_stats")
         n = jnp.asarray(n, jnp.int32)
@@ -118,7 +156,9 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
                 valid = take < n
             idx = perm[jnp.minimum(take, size - 1)]
             xb = preprocess(x[idx])
-            grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx], valid)
+            wb = None if w is None else w[idx]
+            grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx],
+                                               valid, wb)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             return params, new_stats, opt_state, loss_sum + loss
