@@ -217,3 +217,44 @@ def test_split_seed_bad_mode():
     p = make_partition("iid", Y, 2, seed=0)
     with pytest.raises(ValueError, match="balanced"):
         split_seed(p, Y, 0.1, mode="stratified")
+
+
+def _fast_official_seed(labels, ratio, num_classes, seed):
+    """FAST-official `get_data` (src/data.py): np.random.seed, per-class np.random.choice."""
+    np.random.seed(seed)
+    per = int(len(labels) * ratio) // num_classes
+    out = []
+    for c in range(num_classes):
+        out.extend(np.random.choice(np.where(labels == c)[0], per, replace=False))
+    return np.array(out[:int(len(labels) * ratio)])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_central_seed_after_dirichlet_is_class_balanced(seed):
+    from fastjax.partition import labeled_pools
+
+    y = np.random.default_rng(5).permutation(np.repeat(np.arange(C), 500))  # N = 5000
+    part = make_partition("dirichlet", y, 10, seed, alpha=0.1)
+    pools, oracle = labeled_pools(part, y, 0.01, where="central", seed=seed, num_classes=C)
+    assert len(pools) == 1
+    pool = pools[0]
+    # int(0.01 N) // C per class, whatever the clients' skew.
+    assert np.bincount(pool.labeled_y, minlength=C).tolist() == [int(0.01 * 5000) // C] * C
+    np.testing.assert_array_equal(pool.labeled_y, y[pool.labeled_idx])
+    np.testing.assert_array_equal(pool.labeled_idx, _fast_official_seed(y, 0.01, C, seed))
+    np.testing.assert_array_equal(pool.unlabeled_idx,
+                                  np.setdiff1d(np.arange(5000), pool.labeled_idx))
+    assert oracle.annotations == 0
+    # Per-client seeds for contrast: Dirichlet(0.1) makes them far from balanced.
+    per_client, _ = labeled_pools(part, y, 0.01, where="client", seed=seed)
+    pooled = np.bincount(np.concatenate([p.labeled_y for p in per_client]), minlength=C)
+    assert pooled.sum() >= 45 and pooled.tolist() != [5] * C
+
+
+def test_central_seed_errors():
+    from fastjax.partition import central_seed
+
+    with pytest.raises(ValueError, match="0 samples per class"):
+        central_seed(Y[:500], 0.01, num_classes=C)
+    with pytest.raises(ValueError, match="fraction"):
+        central_seed(Y, 0.0)

@@ -2,8 +2,8 @@
 
 from fastjax.partition.report import format_table, partition_report, write_report
 from fastjax.partition.schemes import PARTITIONS, make_partition
-from fastjax.partition.seed import split_seed
+from fastjax.partition.seed import central_seed, labeled_pools, split_seed
 from fastjax.partition.types import ClientPool, Oracle, Partition
 
-__all__ = ["PARTITIONS", "ClientPool", "Oracle", "Partition", "format_table",
-           "make_partition", "partition_report", "split_seed", "write_report"]
+__all__ = ["PARTITIONS", "ClientPool", "Oracle", "Partition", "central_seed", "format_table",
+           "labeled_pools", "make_partition", "partition_report", "split_seed", "write_report"]

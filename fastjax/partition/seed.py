@@ -1,8 +1,13 @@
-"""The initial labeled seed per client and the oracle that holds every hidden label.
+"""The initial labeled seed and the oracle that holds every hidden label.
 
-FAST (Li et al., "Federated active learning with foundation models") starts each client
-with a small labeled set (FAST-official: 1% of the data, balanced by class) and keeps the
-rest as an unlabeled pool whose labels only the oracle can reveal.
+FAST (Li et al., "Federated active learning with foundation models") starts with a small
+labeled set (1% of the data) and keeps the rest as an unlabeled pool whose labels only
+the oracle can reveal. Two ways to draw it:
+
+* `split_seed`: per client, after partitioning (the paper's clients each hold a seed);
+* `central_seed`: FAST-official (`src/data.py`, `ablation/data.py` `get_data`): ONE
+  class-balanced seed over the whole training set, drawn before partitioning, with
+  `int(fraction * N) // C` samples of every class.
 """
 
 from __future__ import annotations
@@ -90,3 +95,60 @@ def split_seed(partition: Partition, train_labels, fraction: float, *,
         pools.append(ClientPool(client=k, labeled_idx=labeled, labeled_y=y[labeled],
                                 unlabeled_idx=np.setdiff1d(idx, labeled)))
     return tuple(pools), Oracle(y)
+
+
+def central_seed(train_labels, fraction: float, *, num_classes: int | None = None,
+                 seed: int = 0) -> tuple[ClientPool, Oracle]:
+    """FAST-official's seed: `int(fraction * N) // C` samples of each class, drawn over
+    the whole training set before any partitioning; the pool is everything else.
+
+    As FAST-official `get_data` (src/data.py with fraction 0.01, ablation/data.py with
+    0.05): per class in class order, `choice(class_indices, n_per_class, replace=False)`
+    from a legacy `np.random.RandomState(seed)` (their `np.random.seed(seed)` followed by
+    `np.random.choice`), so the same labels and seed give their very draw. The pool
+    (`unlabeled_idx`) is in ascending index order, as their `set(range(N)) - labeled`.
+    Returns one ClientPool (client 0) and the oracle of all labels; the clients keep
+    their own samples, so `labels_by_client` later maps the central labels onto them.
+    A class with fewer samples than n_per_class contributes all it has (FAST-official
+    would stop with an error there).
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"seed fraction must be in (0, 1] (e.g. 0.01 for 1%), "
+                         f"got {fraction!r}")
+    y = np.asarray(train_labels, dtype=np.int64)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"train_labels must be a non-empty 1-D array; got shape {y.shape}")
+    c = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    per_class = int(len(y) * fraction) // c
+    if per_class < 1:
+        raise ValueError(f"central seed: int({fraction} * {len(y)}) // {c} classes = 0 "
+                         f"samples per class; raise seed_labels.fraction to at least "
+                         f"{c / len(y):.3g}")
+    rs = np.random.RandomState(seed)
+    chosen = []
+    for cls in range(c):
+        members = np.flatnonzero(y == cls)
+        chosen.append(rs.choice(members, min(per_class, members.size), replace=False)
+                      if members.size else np.zeros(0, np.int64))
+    labeled = np.concatenate(chosen).astype(np.int64)
+    pool = np.setdiff1d(np.arange(len(y), dtype=np.int64), labeled)
+    return ClientPool(client=0, labeled_idx=labeled, labeled_y=y[labeled],
+                      unlabeled_idx=pool), Oracle(y)
+
+
+SEED_WHERE = ("client", "central")
+
+
+def labeled_pools(partition: Partition, train_labels, fraction: float, *,
+                  where: str = "client", mode: str = "balanced", seed: int = 0,
+                  num_classes: int | None = None) -> tuple[tuple[ClientPool, ...], Oracle]:
+    """The pools the label stage starts from: one per client after partitioning
+    (where="client", `split_seed`), or FAST-official's single central pool drawn before
+    partitioning (where="central", `central_seed`; `mode` does not apply: it is always
+    class-balanced)."""
+    if where not in SEED_WHERE:
+        raise ValueError(f"labeling where={where!r}; allowed: {', '.join(SEED_WHERE)}")
+    if where == "central":
+        pool, oracle = central_seed(train_labels, fraction, num_classes=num_classes, seed=seed)
+        return (pool,), oracle
+    return split_seed(partition, train_labels, fraction, mode=mode, seed=seed)
