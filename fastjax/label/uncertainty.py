@@ -25,9 +25,21 @@ with uncertainty, so no sign is flipped:
   "largest_margin":   1 - (max_c p_c - min_c p_c).
 With a single present class the margins take the missing second/min entry as 0.
 
+`vote_uncertainty(counts, present, measure, normalize)` is the same registry evaluated
+on kNN vote *counts* (FAST-official's score vector is counts / k): float64, on rows
+sorted in descending order, and, for every measure but entropy under "none"/"sum", from
+integer arithmetic, so score vectors that are equal up to which classes hold the votes,
+or mathematically tied (norm^2 = (sum c^2 - 2 k c_max + k^2) / k^2 for counts 4,3,3 and
+4,4,1,1 alike), get bit-identical values and the refinement pass's "ties go to the
+lower position" holds. (In float32 such ties differ in their last bit, depending on the
+classes that hold the votes.)
+
     >>> import numpy as np
     >>> u = uncertainty(np.zeros((1, 4), np.float32), np.ones(4, bool), "entropy")
     >>> bool(np.isclose(u[0], np.log(4)))
+    True
+    >>> v = vote_uncertainty(np.array([[4, 3, 3, 0], [1, 4, 1, 4]]), None, "norm", "none")
+    >>> bool(v[0] == v[1])
     True
 """
 
@@ -159,3 +171,71 @@ def uncertainty(
     u = _uncertainty(jnp.asarray(padded), jnp.asarray(present),
                      list(UNCERTAINTY).index(measure), list(NORMALIZE).index(normalize))
     return np.asarray(u)[:n]
+
+
+def _check_present(present, c):
+    present = np.ones(c, bool) if present is None else np.asarray(present, dtype=bool)
+    if present.shape != (c,):
+        raise ValueError(f"present must have shape ({c},); got {present.shape}")
+    if not present.any():
+        raise ValueError("no class is present; uncertainty needs at least one labeled class")
+    return present
+
+
+def vote_uncertainty(
+    counts: np.ndarray,
+    present: np.ndarray | None = None,
+    measure: str = "norm",
+    normalize: str = "none",
+) -> np.ndarray:
+    """Per-row uncertainty (n,) float64 of kNN vote counts (n, C) (integers, each row
+    summing to the same k); the scores are p = counts / k, as `uncertainty` would take
+    them, normalised and measured the same way (see the module docstring).
+
+    Absent classes (present[c] False) hold no votes and are excluded, as in `uncertainty`.
+    """
+    check_names(measure, normalize)
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"counts must be a 2-D integer array (n, C); got {counts.dtype} "
+                         f"{counts.shape}")
+    present = _check_present(present, counts.shape[1])
+    n = counts.shape[0]
+    if n == 0:
+        return np.zeros((0,), np.float64)
+    c = counts[:, present].astype(np.int64)
+    if (c < 0).any():
+        raise ValueError("counts must be >= 0")
+    k = c.sum(axis=1)
+    if (k != k[0]).any() or k[0] == 0:
+        raise ValueError("every row of counts must sum to the same k > 0 (the number of "
+                         "neighbours that voted)")
+    k = int(k[0])
+    srt = -np.sort(-c, axis=1)  # descending: the class that holds a vote no longer matters
+    top = srt[:, 0]
+    second = srt[:, 1] if srt.shape[1] > 1 else np.zeros(n, np.int64)
+    low = srt[:, -1] if srt.shape[1] > 1 else np.zeros(n, np.int64)
+    if normalize == "softmax":
+        p = np.exp(srt / k - (top / k)[:, None])
+        p = p / p.sum(axis=1, keepdims=True)
+        if measure == "entropy":
+            return -np.sum(p * np.log(p), axis=1)
+        if measure == "norm":
+            return np.sqrt((p[:, 0] - 1.0) ** 2 + np.sum(p[:, 1:] ** 2, axis=1))
+        hi, second_p, low_p = p[:, 0], (p[:, 1] if p.shape[1] > 1 else 0.0), p[:, -1]
+        if measure == "least_confidence":
+            return 1.0 - hi
+        if measure == "smallest_margin":
+            return 1.0 - (hi - second_p)
+        return 1.0 - (hi - (low_p if p.shape[1] > 1 else 0.0))
+    # "none" and "sum" agree on votes (they sum to 1): p = c / k, integer numerators.
+    if measure == "entropy":
+        pos = np.where(srt > 0, srt, 1).astype(np.float64)
+        return np.log(k) - np.sum(np.where(srt > 0, srt * np.log(pos), 0.0), axis=1) / k
+    if measure == "norm":
+        return np.sqrt(np.sum(srt * srt, axis=1) - 2 * k * top + k * k) / k
+    if measure == "least_confidence":
+        return (k - top) / k
+    if measure == "smallest_margin":
+        return (k - top + second) / k
+    return (k - top + low) / k
