@@ -46,17 +46,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.encoder.cache_dir = ""  # empty: ~/.cache/fastjax/embeddings
 
     c.labeling = ml_collections.ConfigDict()
-    c.labeling.budget = 0.2  # oracle budget as a fraction of the training set (paper: 5%, 20%)
+    c.labeling.budget = 0.2  # oracle budget, a fraction of budget_of (paper: 5%, 20%)
+    c.labeling.budget_of = "train"  # train (paper) | pool (FAST-official query_ratio)
     c.labeling.k = 10
     c.labeling.measure = "entropy"  # Eq. 8; norm | least_confidence | smallest_margin | largest_margin
     c.labeling.score_source = "prototype"  # Eq. 7; FAST-official main path: knn_votes
     c.labeling.normalize = "softmax"  # Eq. 8; FAST-official: sum (entropy) / none (others)
     c.labeling.class_aware = False  # FAST-official: True
     c.labeling.strategy = "uncertainty"  # random: Table II component 4 ablation
-    c.labeling.labeled_source = "own"  # own | shared (seeds pooled through the server)
+    c.labeling.labeled_source = "shared"  # Sec. IV-C: seeds pooled through the server | own
     c.labeling.where = "client"  # client (paper) | central (FAST-official: before partitioning)
     c.labeling.merge = "human+weak"  # human | weak | seed
     c.labeling.tie_break = "nearest"
+    # Weak-label policy (the paper's future work; label/filtering.py). Defaults: none.
+    c.labeling.filter = "none"  # none | drop | weight (weak labels below filter_threshold)
+    c.labeling.filter_by = "vote_share"  # vote_share | proto_margin
+    c.labeling.filter_threshold = 0.8  # in filter_by's units (vote share: 8 of 10 votes)
+    c.labeling.filter_weight = 0.5  # loss weight of low-confidence weak labels (filter=weight)
+    c.labeling.verify_fraction = 0.0  # share of b_k spent verifying the least confident weak labels
+    c.labeling.soft_labels = False  # weak labels train on the normalised score vector
+    c.labeling.soft_temperature = 1.0  # softmax(scores / T) for soft labels (normalize=softmax)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn4"  # cnn4 | resnet8_fast | resnet8_preact | linear (linear probing)
@@ -96,6 +105,16 @@ def train_spec(config):
         eval_batch_size=t.eval_batch_size, seed=config.seed)
 
 
+def weak_label_policy(config):
+    from fastjax.label.filtering import WeakLabelPolicy
+
+    lab = config.labeling
+    return WeakLabelPolicy(filter=lab.filter, confidence=lab.filter_by,
+                           threshold=lab.filter_threshold, low_weight=lab.filter_weight,
+                           verify_fraction=lab.verify_fraction, soft=lab.soft_labels,
+                           soft_temperature=lab.soft_temperature)
+
+
 def validate(config) -> None:
     """Check every option before any compute; one error lists every problem found."""
     from fastjax.data import DATASETS
@@ -119,7 +138,10 @@ def validate(config) -> None:
     choice("labeling.normalize", config.labeling.normalize, NORMALIZE)
     choice("labeling.score_source", config.labeling.score_source, ("prototype", "knn_votes"))
     choice("labeling.strategy", config.labeling.strategy, ("uncertainty", "random"))
-    choice("labeling.labeled_source", config.labeling.labeled_source, ("own", "shared"))
+    choice("labeling.labeled_source", config.labeling.labeled_source, ("shared", "own"))
+    choice("labeling.budget_of", config.labeling.budget_of, ("train", "pool"))
+    choice("labeling.filter", config.labeling.filter, ("none", "drop", "weight"))
+    choice("labeling.filter_by", config.labeling.filter_by, ("vote_share", "proto_margin"))
     choice("labeling.where", config.labeling.where, LABEL_WHERE)
     choice("labeling.merge", config.labeling.merge, LABEL_MERGES)
     choice("labeling.tie_break", config.labeling.tie_break, ("nearest", "lowest_class"))
@@ -132,14 +154,30 @@ def validate(config) -> None:
     if not 0 < config.seed_labels.fraction <= 1:
         errs.append(f"seed_labels.fraction={config.seed_labels.fraction} must be in (0, 1]")
     if not 0 <= config.labeling.budget <= 1:
-        errs.append(f"labeling.budget={config.labeling.budget} is a fraction of the training set; "
-                    "it must be in [0, 1]")
+        errs.append(f"labeling.budget={config.labeling.budget} is a fraction (of the training set, "
+                    "or of the unlabeled pool with budget_of='pool'); it must be in [0, 1]")
     if config.labeling.k < 1:
         errs.append(f"labeling.k={config.labeling.k} must be >= 1")
-    if config.labeling.where == "central" and config.labeling.labeled_source == "shared":
-        errs.append("labeling.where='central' already pools every seed; set labeling.labeled_source='own'")
-    if config.labeling.merge in ("weak", "seed") and config.labeling.budget > 0:
-        errs.append(f"labeling.merge={config.labeling.merge!r} queries no oracle; set labeling.budget=0")
+    lab = config.labeling
+    if lab.where == "central" and lab.labeled_source == "own":
+        errs.append("labeling.where='central' labels from one seed drawn over the whole training "
+                    "set: there are no per-client seeds for labeled_source='own'; keep 'shared'")
+    if lab.merge in ("weak", "seed") and lab.budget > 0:
+        errs.append(f"labeling.merge={lab.merge!r} queries no oracle; set labeling.budget=0")
+    policy_set = lab.filter != "none" or lab.verify_fraction > 0 or lab.soft_labels
+    if policy_set and lab.merge in ("human", "seed"):
+        errs.append(f"labeling.filter / verify_fraction / soft_labels act on weak labels, which "
+                    f"merge={lab.merge!r} does not train on; use merge='human+weak' or 'weak'")
+    if lab.verify_fraction > 0 and lab.merge == "weak":
+        errs.append("labeling.verify_fraction spends oracle budget; merge='weak' has none")
+    if not 0 <= lab.verify_fraction <= 1 or not 0 <= lab.filter_weight <= 1:
+        errs.append(f"labeling.verify_fraction={lab.verify_fraction} and labeling.filter_weight="
+                    f"{lab.filter_weight} must be in [0, 1]")
+    if not lab.soft_temperature > 0:
+        errs.append(f"labeling.soft_temperature={lab.soft_temperature} must be > 0")
+    if lab.soft_labels and lab.score_source == "prototype" and lab.normalize == "none":
+        errs.append("labeling.soft_labels needs a distribution: with score_source='prototype' "
+                    "set normalize='softmax' or 'sum'")
     if config.data.train_limit < 0 or config.data.test_limit < 0:
         errs.append("data.train_limit and data.test_limit must be >= 0 (0 = everything)")
     if config.encoder.batch_size < 1 or config.encoder.image_size < 0:

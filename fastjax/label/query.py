@@ -14,6 +14,27 @@ import jax
 import numpy as np
 
 STRATEGIES = ("uncertainty", "random")
+BUDGET_OF = ("train", "pool")
+
+
+def budget_count(fraction: float, of: str, num_train: int, num_pool: int) -> int:
+    """The global labeling budget B as a count.
+
+    of="train" (the paper: "a 5% budget"): round(fraction * N_train).
+    of="pool" (FAST-official's `query_ratio`, src/ and ablation/ `get_data`):
+    int(fraction * |unlabeled pool|), floored, as their `int(query_ratio * len(unlabeled_indices))`.
+    Either way B is then shared over clients by `client_budgets` (Eq. 5).
+
+    >>> budget_count(0.4, "pool", 50000, 49500), budget_count(0.05, "train", 50000, 49500)
+    (19800, 2500)
+    """
+    if of not in BUDGET_OF:
+        raise ValueError(f"unknown budget_of {of!r}; allowed: {', '.join(BUDGET_OF)}")
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"budget fraction must be in [0, 1]; got {fraction}")
+    if of == "train":
+        return int(round(float(fraction) * int(num_train)))
+    return int(float(fraction) * int(num_pool))
 
 
 def client_budgets(total_budget: int, pool_sizes: Sequence[int]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Label-quality report: a JSON summary and a row-normalised confusion matrix PNG."""
+"""Label-quality report: a JSON summary and a row-normalised confusion matrix PNG (the
+reliability diagram is `quality.plot_reliability`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)  # JSON has no NaN
 
 
-def label_report(result: LabelingResult, class_names: Sequence[str]) -> dict:
-    """The JSON-ready summary of a `LabelingResult`."""
-    return {
+def label_report(result: LabelingResult, class_names: Sequence[str],
+                 quality: dict | None = None) -> dict:
+    """The JSON-ready summary of a `LabelingResult` (plus `quality.weak_label_quality`
+    under "weak_label_quality" when given)."""
+    rep = {
         "options": dict(result.options),
         "num_classes": result.num_classes,
         "class_names": list(class_names),
@@ -37,16 +40,24 @@ def label_report(result: LabelingResult, class_names: Sequence[str]) -> dict:
                 "human_labels": int(result.is_human[k].sum()),
                 "weak_acc_before": _num(result.weak_acc_before[k]),
                 "weak_acc_after": _num(result.weak_acc_after[k]),
+                "verified": int(result.verified_idx[k].size) if result.verified_idx else 0,
+                "pool_size": int(result.pool_idx[k].size) if result.pool_idx else None,
+                "weighted_below_one": (int((result.train_w[k] < 1).sum())
+                                       if result.train_w and result.train_w[k] is not None
+                                       else 0),
             }
             for k in range(result.num_clients)
         ],
         "confusion_weak": {"rows": "true class", "cols": "weak label",
                            "counts": result.confusion.tolist()},
     }
+    if quality is not None:
+        rep["weak_label_quality"] = quality
+    return rep
 
 
 def write_label_report(result: LabelingResult, class_names: Sequence[str],
-                       out_dir: str) -> tuple[str, str]:
+                       out_dir: str, quality: dict | None = None) -> tuple[str, str]:
     """Write `label_report.json` and `weak_label_confusion.png` into out_dir.
 
     Returns the two paths. The PNG shows each true-class row divided by its count (rows
@@ -59,7 +70,7 @@ def write_label_report(result: LabelingResult, class_names: Sequence[str],
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "label_report.json")
     with open(json_path, "w") as f:
-        json.dump(label_report(result, class_names), f, indent=2)
+        json.dump(label_report(result, class_names, quality), f, indent=2)
 
     import matplotlib
 
