@@ -4,7 +4,8 @@
         [--config.train.rounds=5 ...]
 
 The work directory receives config.json (the resolved config), partition.json/png,
-label_report.json + weak_label_confusion.png, metrics.jsonl, accuracy.png,
+label_report.json + weak_label_confusion.png + weak_label_reliability.png,
+metrics.jsonl, accuracy.png,
 checkpoints/ and summary.json. Re-running the same command resumes from the last
 checkpoint; embeddings come from the on-disk cache when they were computed before.
 """
@@ -80,8 +81,10 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     report = partition.partition_report(part, train.labels, c, train.class_names,
                                         test_labels=test.labels if part.test is not None else None)
     partition.write_report(report, workdir)
-    pools, oracle = partition.split_seed(part, train.labels, config.seed_labels.fraction,
-                                         mode=config.seed_labels.mode, seed=config.seed)
+    # [fidelity] central labeling draws FAST-official's one seed before partitioning.
+    pools, oracle = partition.labeled_pools(part, train.labels, config.seed_labels.fraction,
+                                            where=config.labeling.where, mode=config.seed_labels.mode,
+                                            seed=config.seed, num_classes=c)
 
     # 3. encode (frozen foundation model; cached on disk)
     t0 = time.perf_counter()
@@ -108,26 +111,27 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     # 4. label: preliminary pass (weak labels, uncertainty) and refinement (oracle)
     t0 = time.perf_counter()
     lab = config.labeling
-    budget = int(round(lab.budget * len(train)))
-    label_pools = pools
-    if lab.where == "central":  # FAST-official: one pool, one seed, before partitioning
-        label_pools = (partition.ClientPool(
-            0, np.concatenate([q.labeled_idx for q in pools]), np.concatenate([q.labeled_y for q in pools]),
-            np.concatenate([q.unlabeled_idx for q in pools])),)
+    # [fidelity] begin: budget_of, central pool, weak-label policy, quality, training sets
+    budget = label.budget_count(lab.budget, lab.budget_of, len(train),
+                                sum(len(q.unlabeled_idx) for q in pools))
     result = label.label_clients(
-        label_pools, z_train, oracle, c, budget=budget, k=lab.k, measure=lab.measure,
+        pools, z_train, oracle, c, budget=budget, k=lab.k, measure=lab.measure,
         score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
-        strategy=lab.strategy, labeled_source=lab.labeled_source, merge=lab.merge,
-        tie_break=lab.tie_break, seed=config.seed)
+        strategy=lab.strategy, merge=lab.merge, tie_break=lab.tie_break, seed=config.seed,
+        labeled_source="own" if lab.where == "central" else lab.labeled_source,
+        policy=config_lib.weak_label_policy(config))
+    from fastjax.label import quality as label_quality
     from fastjax.label import report as label_report
 
-    label_report.write_label_report(result, train.class_names, workdir)
-    # Per-client training sets (central labeling: each client keeps its own samples).
-    idx_all = np.concatenate(result.train_idx)
-    y_all = np.concatenate(result.train_y)
-    label_of = dict(zip(idx_all.tolist(), y_all.tolist()))
-    client_idx = [np.array([i for i in ix.tolist() if i in label_of], np.int64) for ix in part.train]
-    client_y = [np.array([label_of[i] for i in ix.tolist()], np.int64) for ix in client_idx]
+    quality = label_quality.weak_label_quality(result, oracle)
+    label_report.write_label_report(result, train.class_names, workdir, quality)
+    label_quality.plot_reliability(quality, str(workdir / "weak_label_reliability.png"))
+    # Central labeling: each client keeps its own samples and takes their central labels.
+    sets = label.client_training_sets(result, part.train if lab.where == "central" else None)
+    client_idx, client_y = [s_[0] for s_ in sets], [s_[1] for s_ in sets]
+    client_w = [s_[2] for s_ in sets] if sets[0][2] is not None else None
+    client_targets = [s_[3] for s_ in sets] if sets[0][3] is not None else client_y
+    # [fidelity] end
     t_label = time.perf_counter() - t0
     _log(f"labels: {result.annotations} oracle annotations (budget {budget}), weak-label accuracy "
          f"{result.weak_acc_before_overall:.4f} -> {result.weak_acc_after_overall:.4f} after refinement")
@@ -147,7 +151,7 @@ def run(config, workdir, *, progress: bool = True) -> dict:
         mean, std = _channel_stats(train.images)
         preprocess = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std  # noqa: E731
         shape = train.images.shape[1:]
-    clients = engine.stack_clients(xs, client_y)
+    clients = engine.stack_clients(xs, client_targets, client_w)  # [fidelity] soft targets, weights
     variables = models.init_variables(model, shape, config.seed)
     spec = config_lib.train_spec(config)
     fit = engine.fit(model, variables, clients, test_x, test.labels, spec, preprocess, workdir=workdir,
@@ -174,7 +178,11 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                     "image_size": encoder.image_size, "note": encoder.note},
         "variant": {"score_source": lab.score_source, "normalize": lab.normalize, "measure": lab.measure,
                     "class_aware": lab.class_aware, "where": lab.where, "labeled_source": lab.labeled_source,
-                    "merge": lab.merge, "strategy": lab.strategy},
+                    "merge": lab.merge, "strategy": lab.strategy, "budget_of": lab.budget_of},
+        # [fidelity] weak-label quality and policy
+        "weak_label_quality": label_quality.summary(quality),
+        "weak_label_policy": result.options["policy"],
+        "verified": int(sum(v.size for v in result.verified_idx)),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _log(f"final accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}), "

@@ -59,10 +59,16 @@ def test_fast_job_end_to_end_and_resume(tmp_path):
     assert s["annotations"] == round(0.1 * 600)  # the whole budget, never more
     assert 0.1 < s["weak_label_accuracy"] <= 1.0
     assert s["final_accuracy"] > 0.3  # 10 classes: chance is 0.1
-    # Communication: 2 x clients x state bytes per round (linear probe: 1280 x 10 + 10 floats).
-    assert s["comm_mib"] == pytest.approx(4 * 2 * 4 * (1280 * 10 + 10) * 4 / 2**20)
+    # Communication: 2 x clients x state bytes per round (linear probe: 1280 x 10 + 10 floats),
+    # plus the shared seeds (default labeled_source="shared"): each seed uploaded once and
+    # downloaded by all 4 clients as a float32 embedding and an int64 label.
+    seeds = s["seed_labels"]
+    assert s["shared_embedding_mib"] == pytest.approx((seeds + 4 * seeds) * (1280 * 4 + 8) / 2**20)
+    assert s["comm_mib"] == pytest.approx(4 * 2 * 4 * (1280 * 10 + 10) * 4 / 2**20
+                                          + s["shared_embedding_mib"])
     for f in ("summary.json", "metrics.jsonl", "accuracy.png", "partition.json", "partition.png",
-              "label_report.json", "weak_label_confusion.png", "config.json"):
+              "label_report.json", "weak_label_confusion.png", "weak_label_reliability.png",
+              "config.json"):
         assert (tmp_path / "run" / f).exists(), f
     # A second run resumes from the final checkpoint (embeddings from the cache).
     s2 = fast_main.run(cfg, tmp_path / "run", progress=False)
@@ -84,7 +90,11 @@ def test_fast_job_pixels_cnn4_central_labeling(tmp_path):
 @pytest.mark.parametrize("over,msg", [
     ({"data__name": "imagenet"}, "data.name='imagenet'"),
     ({"labeling__budget": 1.5}, "labeling.budget"),
-    ({"labeling__where": "central", "labeling__labeled_source": "shared"}, "central"),
+    ({"labeling__where": "central", "labeling__labeled_source": "own"}, "central"),
+    ({"labeling__budget_of": "clients"}, "budget_of"),
+    ({"labeling__filter": "drop", "labeling__merge": "human"}, "act on weak labels"),
+    ({"labeling__verify_fraction": 1.5}, "verify_fraction"),
+    ({"labeling__soft_labels": True, "labeling__normalize": "none"}, "soft_labels"),
     ({"labeling__merge": "weak"}, "queries no oracle"),
     ({"train__aggregator": "fedprox"}, "prox_mu"),
     ({"partition__alpha": 0.0}, "alpha"),
@@ -121,3 +131,50 @@ def test_subset_is_stratified():
     ds = Dataset("x", "train", np.zeros((100, 2, 2, 1), np.uint8), labels, ("a", "b", "c", "d"))
     sub = fast_main._subset(ds, 20, 0)
     assert np.bincount(sub.labels, minlength=4).tolist() == [5, 5, 5, 5]
+
+
+def _load_config(name):
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@needs_offline_assets
+def test_fast_official_recipe_seed_and_budget(tmp_path):
+    """configs/fast_official.py (the README's recipe): one seed of int(0.01 N) // C per
+    class before partitioning, and int(0.4 * |pool|) oracle labels."""
+    cfg = _load_config("fast_official")
+    cfg.unlock()
+    small = _small(tmp_path)
+    for sect in ("data", "encoder", "train", "model"):
+        setattr(cfg, sect, getattr(small, sect))
+    cfg.data.train_limit = 1000
+    cfg.train.rounds = 1
+    cfg.lock()
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    n, c = 1000, 10
+    per_class = int(0.01 * n) // c
+    assert s["seed_labels"] == per_class * c
+    assert s["annotations"] == s["labeling_budget"] == int(0.4 * (n - per_class * c))
+    assert s["train_samples"] == n  # the clients keep their own samples
+    rep = json.loads((tmp_path / "run" / "label_report.json").read_text())
+    assert rep["options"]["labeled_source"] == "own" and rep["shared_embedding_bytes"] == 0
+    assert s["variant"]["where"] == "central" and s["variant"]["budget_of"] == "pool"
+
+
+@needs_offline_assets
+def test_weak_label_policy_end_to_end(tmp_path):
+    cfg = _small(tmp_path, labeling__filter="weight", labeling__filter_threshold=0.7,
+                 labeling__verify_fraction=0.5, labeling__soft_labels=True,
+                 labeling__score_source="knn_votes", labeling__normalize="none",
+                 labeling__measure="norm", train__rounds=1)
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert s["annotations"] == 60 and s["verified"] == sum(
+        c["verified"] for c in json.loads((tmp_path / "run" / "label_report.json").read_text())["clients"])
+    assert 0 < s["verified"] <= 30
+    q = s["weak_label_quality"]
+    assert q["oracle_labeled"] == 60 and q["corrected"] + q["confirmed"] == 60
+    assert s["weak_label_policy"]["soft"] is True
