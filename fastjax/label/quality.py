@@ -135,10 +135,11 @@ def plot_reliability(quality: dict, path: str) -> str:
         x = [m if m is not None else math.nan for m in ov["mean_confidence"]]
         pre = [p if p is not None else math.nan for p in ov["precision"]]
         post = [p if p is not None else math.nan for p in ov["precision_after"]]
-        for cl in q["clients"]:
-            cx = [m if m is not None else math.nan for m in cl["mean_confidence"]]
-            cy = [p if p is not None else math.nan for p in cl["precision"]]
-            ax.scatter(cx, cy, s=6, color="0.7", zorder=1)
+        cx = [m for cl in q["clients"] for m in cl["mean_confidence"]]
+        cy = [p for cl in q["clients"] for p in cl["precision"]]
+        ok = [(a, b) for a, b in zip(cx, cy) if a is not None and b is not None]
+        if ok:
+            ax.scatter(*zip(*ok), s=6, color="0.7", zorder=1, label="clients")
         ax.plot(x, pre, "o-", color="C0", label="weak labels", zorder=3)
         ax.plot(x, post, "s--", color="C2", label="after refinement", zorder=3)
         if name == "vote_share":

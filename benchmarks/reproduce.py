@@ -1,0 +1,503 @@
+"""Reproduce the FAST paper's tables and figures with fastjax, the paper's numbers beside ours.
+
+    python benchmarks/reproduce.py --table II --quick --data-root ../shared/data
+    python benchmarks/reproduce.py --table all --data-root /data        # the paper's scale
+    python benchmarks/reproduce.py --table VI,VII --quick --datasets cifar10
+
+Each table (I-VII) and figure (fig2, fig4) is a list of cells: (paper row, paper column,
+method, config overrides). A cell runs when its method is in `METHODS`, its dataset is
+found under --data-root and its encoder's weights are found; otherwise the table says
+why not. Only FAST runs today: the iterative baselines (Table I, Table III's Random /
+LoGo, Fig. 2) print "baselines: not yet available"; adding one is adding its runner to
+`METHODS` (a function of (config, workdir) returning the main job's summary dict).
+
+The paper's numbers come from `benchmarks/paper_tables.json` (data, not code). Output,
+under --out/<scale>/: table_<X>.md (printed too) and table_<X>.json, and fig<N>.png for
+the figures. Each cell's run directory is kept, so a rerun resumes or reuses it.
+
+Scales: the paper's (default: full data, 100 rounds of 5 local epochs, SigLIP); --quick
+(minutes on a 2-core CPU: a 10,000 / 2,000 class-stratified subset, EfficientNet-Lite0
+at 96 px as the offline stand-in encoder, 10 CNN-4 rounds of 5 local steps, 20 linear
+probing rounds); --tiny (seconds: CI's smoke run of every table). --substitute mnist runs
+every dataset column on MNIST (the offline CI dataset); the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PAPER_TABLES = Path(__file__).with_name("paper_tables.json")
+TABLES = ("I", "II", "III", "IV", "V", "VI", "VII", "fig2", "fig4")
+SCALES = {
+    # rounds: None = the table's own; linear_rounds for linear probing (Table II).
+    "paper": dict(train_limit=0, test_limit=0, rounds=None, linear_rounds=None, local_epochs=5,
+                  local_steps=0, batch_size=128, eval_every=1, encoder="siglip", image_size=0),
+    "quick": dict(train_limit=10000, test_limit=2000, rounds=10, linear_rounds=20, local_epochs=1,
+                  local_steps=5, batch_size=64, eval_every=2, encoder="efficientnet_lite0",
+                  image_size=96),
+    # tiny: Dirichlet alpha at least 1.0, so that Fig. 4's 30 clients fit 600 samples.
+    "tiny": dict(train_limit=600, test_limit=200, rounds=1, linear_rounds=1, local_epochs=1,
+                 local_steps=1, batch_size=32, eval_every=1, encoder="efficientnet_lite0",
+                 image_size=32, min_alpha=1.0),
+}
+ENCODER_COLUMNS = {"resnet50": "resnet50", "clip": "clip", "evaclip": None, "siglip": "siglip",
+                   "dinov2": "dinov2"}
+STAND_IN = "efficientnet_lite0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One number of a paper table: which row and column, and how fastjax runs it."""
+
+    table: str
+    row: str
+    column: str
+    method: str
+    dataset: str
+    overrides: tuple = ()  # (("labeling.budget", 0.05), ...)
+    rounds: int | None = None  # the paper's FL rounds for this cell (None: 100)
+    linear: bool = False  # linear probing on the embeddings (Table II)
+
+
+# ------------------------------------------------------------------ protocols
+
+DIRICHLET = (("partition.scheme", "dirichlet"), ("partition.alpha", 0.1))
+TABLE_IV = DIRICHLET + (("labeling.budget", 0.2), ("labeling.measure", "norm"))
+
+
+def _paper():
+    return json.loads(PAPER_TABLES.read_text())["tables"]
+
+
+def cells_for(table: str, variant: str) -> list[Cell]:
+    """The protocol of one table, as cells (see the module docstring)."""
+    spec = _paper()[table]
+    rows, cols = spec["rows"], spec["columns"]
+    out = []
+    if table == "I":
+        for r in rows:
+            for d in cols:
+                out.append(Cell(table, r["row"], d, r["method"], d,
+                                (("partition.scheme", "logo"), ("partition.alpha", 0.1),
+                                 ("labeling.budget", r["budget"] / 100)), rounds=100))
+    elif table == "II":
+        comp = {"1+2+3": (("labeling.merge", "human+weak"), ("labeling.strategy", "uncertainty")),
+                "1+2+4": (("labeling.merge", "human+weak"), ("labeling.strategy", "random")),
+                "1+2": (("labeling.merge", "weak"), ("labeling.budget", 0.0)),
+                "1+4": (("labeling.merge", "human"), ("labeling.strategy", "random")),
+                "1": (("labeling.merge", "seed"), ("labeling.budget", 0.0))}
+        for r in rows:
+            for d in cols:
+                out.append(Cell(table, r["row"], d, "fast", d,
+                                DIRICHLET + (("labeling.budget", 0.2),) + comp[r["row"]],
+                                linear=True))
+    elif table == "III":
+        for r in rows:
+            for d in cols:
+                out.append(Cell(table, r["row"], d, r["method"], d,
+                                (("partition.scheme", "iid"), ("labeling.budget", 0.05)),
+                                rounds=100 if r["method"] == "fast" else 800))
+    elif table == "IV":
+        agg = {"FedAvg": (("train.aggregator", "fedavg"),),
+               "FedProx": (("train.aggregator", "fedprox"), ("train.prox_mu", 0.01)),
+               "FedNova": (("train.aggregator", "fednova"),)}
+        for r in rows:
+            for d in cols:
+                out.append(Cell(table, r["row"], d, "fast", d, TABLE_IV + agg[r["row"]]))
+    elif table == "V":
+        for r in rows:
+            for enc in cols + [STAND_IN]:
+                out.append(Cell(table, r["row"], enc, "fast", r["row"],
+                                TABLE_IV + (("encoder.name", enc),)))
+    elif table == "VI":
+        for r in rows:
+            for b in cols:
+                frac = float(b.rstrip("%")) / 100
+                over = (("partition.scheme", "iid"), ("labeling.budget", frac))
+                if frac == 0:
+                    over += (("labeling.merge", "weak"),)
+                out.append(Cell(table, r["row"], b, "fast", r["row"], over))
+    elif table == "VII":
+        for r in rows:
+            if r["row"] == "average":
+                continue
+            for m in cols:
+                norm = ("softmax" if variant == "paper"
+                        else "sum" if m == "entropy" else "none")  # FAST-official ablation/
+                out.append(Cell(table, r["row"], m, "fast", r["row"],
+                                DIRICHLET + (("labeling.budget", 0.2), ("labeling.measure", m),
+                                             ("labeling.normalize", norm))))
+    elif table == "fig2":
+        for r in rows:
+            for d in cols:
+                out.append(Cell(table, r["row"], d, r["method"], d,
+                                DIRICHLET + (("labeling.budget", 0.05),),
+                                rounds=100 if r["method"] == "fast" else 300))
+    elif table == "fig4":
+        for r in rows:
+            for d in cols:
+                out.append(Cell(table, r["row"], d, "fast", d,
+                                DIRICHLET + (("labeling.budget", 0.2),
+                                             ("partition.num_clients", r["clients"])), rounds=150))
+    else:
+        raise ValueError(f"unknown table {table!r}; allowed: {', '.join(TABLES)}")
+    return out
+
+
+# --------------------------------------------------------------------- running
+
+
+def run_fast(config, workdir) -> dict:
+    from fastjax import main as fast_main
+
+    return fast_main.run(config, workdir, progress=False)
+
+
+# Method name (paper_tables.json "method") -> runner(config, workdir) -> summary dict.
+METHODS: dict[str, Callable] = {"fast": run_fast}
+
+
+def build_config(cell: Cell, args, scale: dict):
+    from fastjax.config import base_config
+
+    c = base_config()
+    c.unlock()
+    c.data.name = args.substitute or cell.dataset
+    c.data.root = args.data_root or ""
+    c.data.train_limit = scale["train_limit"]
+    c.data.test_limit = scale["test_limit"]
+    c.encoder.name = args.encoder or scale["encoder"]
+    c.encoder.variant = "base-patch16-224" if c.encoder.name == "siglip" else ""
+    c.encoder.image_size = args.image_size if args.image_size is not None else scale["image_size"]
+    if args.cache_dir:
+        c.encoder.cache_dir = args.cache_dir
+    c.model.name = "linear" if cell.linear else (args.model or "cnn4")
+    if variant_official(args):
+        c.labeling.score_source = "knn_votes"
+        c.labeling.normalize = "none"
+        c.labeling.measure = "norm"
+        c.labeling.class_aware = True
+        c.labeling.tie_break = "lowest_class"
+    for key, value in cell.overrides:
+        sect, name = key.split(".")
+        setattr(getattr(c, sect), name, value)
+    if c.encoder.name != (args.encoder or scale["encoder"]):  # Table V picks its encoder
+        c.encoder.variant = "base-patch16-224" if c.encoder.name == "siglip" else ""
+        if c.encoder.name != STAND_IN and args.image_size is None:
+            c.encoder.image_size = 0  # the checkpoint's own resolution
+    c.partition.alpha = max(c.partition.alpha, scale.get("min_alpha", 0.0))
+    t = c.train
+    paper_rounds = cell.rounds or 100
+    rounds = scale["linear_rounds" if c.model.name == "linear" else "rounds"]
+    t.rounds = paper_rounds if rounds is None else min(rounds, paper_rounds)
+    if cell.table in ("fig2", "fig4") and scale["rounds"] is not None:
+        t.rounds = max(t.rounds, 2)  # a curve needs two points
+    t.local_epochs = scale["local_epochs"]
+    t.local_steps = scale["local_steps"]
+    t.batch_size = scale["batch_size"]
+    t.eval_every = scale["eval_every"]
+    t.checkpoint_every = 0
+    t.strategy = args.strategy
+    if c.model.name == "linear":
+        t.lr = 0.01  # standardised embeddings (as benchmarks/table2.py)
+    c.lock()
+    return c
+
+
+def variant_official(args) -> bool:
+    return args.variant == "official"
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
+
+
+def availability(cell: Cell, args, config) -> str | None:
+    """None when the cell can run, else why not (one short phrase)."""
+    if cell.method not in METHODS:
+        return "baselines: not yet available"
+    if cell.table == "V" and ENCODER_COLUMNS.get(cell.column, cell.column) is None:
+        return f"{cell.column}: no such encoder in fastjax"
+    from fastjax import data, encode
+
+    try:
+        data.load_train_test(config.data.name, config.data.root or None)
+    except (data.DatasetNotFoundError, FileNotFoundError) as e:
+        return f"dataset {config.data.name} not found ({type(e).__name__})"
+    if config.encoder.name != STAND_IN:
+        try:
+            encode.load_encoder(config.encoder.name, variant=config.encoder.variant or None)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            return f"{config.encoder.name} weights not found ({type(e).__name__})"
+    return None
+
+
+def run_cell(cell: Cell, args, scale: dict, out: Path, memo: dict | None = None) -> dict:
+    """Run one cell (or reuse the result of an identical config run earlier: with
+    --substitute, several columns resolve to the same job)."""
+    config = build_config(cell, args, scale)
+    why = availability(cell, args, config)
+    rec = {"row": cell.row, "column": cell.column, "method": cell.method,
+           "dataset": config.data.name, "encoder": config.encoder.name,
+           "overrides": dict(cell.overrides)}
+    if why:
+        return {**rec, "status": why}
+    key = (cell.method, config.to_json(sort_keys=True))
+    if memo is not None and key in memo:
+        return {**memo[key], **rec}
+    workdir = out / f"table_{cell.table}" / f"{_slug(cell.row)}__{_slug(cell.column)}"
+    try:
+        s = METHODS[cell.method](config, workdir)
+    except (ValueError, FloatingPointError) as e:  # one bad cell must not end a long run
+        print(f"[reproduce] {cell.table} | {cell.row} | {cell.column} FAILED: {e}", flush=True)
+        return {**rec, "status": f"failed: {str(e).splitlines()[0]}"}
+    hist = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    done = {**rec, "status": "ran", "final_accuracy": s["final_accuracy"],
+            "best_accuracy": s["best_accuracy"], "annotations": s["annotations"],
+            "weak_label_accuracy": s["weak_label_accuracy"],
+            "weak_label_accuracy_before": s["weak_label_accuracy_before_refinement"],
+            "comm_mib": s["comm_mib"], "seconds": s["wall_seconds"]["total"],
+            "rounds": s["rounds"], "encoder_note": s["encoder"].get("note"),
+            "encoder_image_size": s["encoder"].get("image_size"),
+            "curve": [(h["round"], h["accuracy"]) for h in hist if "accuracy" in h]}
+    if memo is not None:
+        memo[key] = done
+    return done
+
+
+# -------------------------------------------------------------------- reporting
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _paper_num(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _ours(rec: dict | None, key="final_accuracy") -> str:
+    if rec is None:
+        return "-"
+    if rec["status"] != "ran":
+        return "n/a"
+    return _pct(rec[key])
+
+
+def paper_scale_mib(dataset: str, seeds: int = 500, dim: int = 768, clients: int = 10,
+                    rounds: int = 100) -> float:
+    """Table III's FAST arithmetic: CNN-4 state up + down per client per round, plus the
+    shared seeds (`label.shared_embedding_bytes`), in MiB."""
+    from fastjax.federate import engine, models
+    from fastjax.label import shared_embedding_bytes
+
+    shape, classes = {"cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100),
+                      "svhn": ((32, 32, 3), 10)}.get(dataset, ((32, 32, 3), 10))
+    v = models.init_variables(models.make_model("cnn4", classes), shape)
+    per = seeds // clients
+    return (rounds * clients * 2 * engine.state_bytes(v)
+            + shared_embedding_bytes([per] * clients, dim)) / engine.MIB
+
+
+def render(table: str, spec: dict, recs: list[dict], header: list[str]) -> str:
+    lines = [f"## Table {table}: {spec['title']}" if not table.startswith("fig")
+             else f"## {table}: {spec['title']}", ""]
+    lines += [f"- {h}" for h in header]
+    lines += [f"- paper's metric: {spec['metric']}"]
+    if spec.get("notes"):
+        lines += [f"- note: {spec['notes']}"]
+    lines.append("")
+    by = {(r["row"], r["column"]): r for r in recs}
+    skipped = sorted({r["status"] for r in recs if r["status"] != "ran"})
+    cols = list(spec["columns"])
+    if table == "V":
+        cols = cols + [STAND_IN]
+    if table == "III":
+        head = "| method | " + " | ".join(f"{c} acc paper | ours | MB paper | ours | s paper | ours"
+                                          for c in cols) + " |"
+        lines += [head, "|" + "---|" * (1 + 6 * len(cols))]
+        for r in spec["rows"]:
+            cells = []
+            for c in cols:
+                p, o = r["values"].get(c, {}), by.get((r["row"], c))
+                ran = o is not None and o["status"] == "ran"
+                cells += [_paper_num(p.get("acc")), _ours(o), _paper_num(p.get("mb")),
+                          f"{o['comm_mib']:.2f}" if ran else "n/a", _paper_num(p.get("s")),
+                          f"{o['seconds']:.0f}" if ran else "n/a"]
+            lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+        lines += ["", "FAST at the paper's scale, computed (100 CNN-4 rounds x 10 clients up + "
+                  "down, 500 shared 768-d seeds with int64 labels): "
+                  + ", ".join(f"{c} {paper_scale_mib(c):.2f} MiB" for c in cols)
+                  + ". SVHN's paper figure, 6969.79 MB for Random / LoGo, is a CNN-4 for 28x28x3 "
+                  "inputs and 9 classes (PathMNIST's shape): 800 x 10 x 2 x 456,772 bytes; SVHN's "
+                  "own CNN-4 gives 7090.94 MB."]
+    elif table.startswith("fig"):
+        lines += ["| row | " + " | ".join(f"{c} final | {c} best" for c in cols) + " |",
+                  "|" + "---|" * (1 + 2 * len(cols))]
+        for r in spec["rows"]:
+            vals = []
+            for c in cols:
+                o = by.get((r["row"], c))
+                vals += [_ours(o), _ours(o, "best_accuracy")]
+            lines.append(f"| {r['row']} | " + " | ".join(vals) + " |")
+        lines += ["", "The paper prints no numbers for this figure; ours are fastjax's."]
+    else:
+        lines += ["| row | " + " | ".join(f"{c} paper | {c} ours" for c in cols) + " |",
+                  "|" + "---|" * (1 + 2 * len(cols))]
+        for r in spec["rows"]:
+            vals = []
+            for c in cols:
+                o = by.get((r["row"], c))
+                if r["row"] == "average":
+                    ran = [by.get((x["row"], c)) for x in spec["rows"] if x["row"] != "average"]
+                    ok = [x for x in ran if x is not None and x["status"] == "ran"]
+                    o = ({"status": "ran", "final_accuracy":
+                          sum(x["final_accuracy"] for x in ok) / len(ok)}
+                         if ok and len(ok) == len(ran) else None)
+                key = "weak_label_accuracy" if table == "V" else "final_accuracy"
+                ours = _ours(o, key)
+                if table == "V" and o is not None and o["status"] == "ran":
+                    ours += f" (model {_pct(o['final_accuracy'])})"
+                vals += [_paper_num(r["values"].get(c)), ours]
+            lines.append(f"| {r['row']} | " + " | ".join(vals) + " |")
+        if table == "V":
+            lines += ["", "Ours: weak-label accuracy after refinement (model test accuracy in "
+                      "brackets)."]
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(skipped) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_figure(table: str, spec: dict, recs: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = spec["columns"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 3.6), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        for r in recs:
+            if r["column"] != col or r["status"] != "ran" or not r["curve"]:
+                continue
+            xs, ys = zip(*r["curve"])
+            ax.plot(xs, [100 * y for y in ys], marker=".", label=r["row"])
+            if table == "fig2" and r["method"] == "fast":
+                ax.axhline(100 * max(ys), color="0.6", lw=1, label="FAST best")
+        missing = sorted({r["row"] for r in recs if r["column"] == col and r["status"] != "ran"})
+        title = f"{col}" + (f" (not run: {', '.join(missing)})" if missing else "")
+        ax.set(xlabel="FL round", ylabel="test accuracy %", title=title)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(spec["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def header_lines(args, scale_name: str, scale: dict, recs: list[dict]) -> list[str]:
+    from benchmarks import common
+
+    info = common.device_info()
+    enc = sorted({(r["encoder"], r.get("encoder_image_size"), r.get("encoder_note"))
+                  for r in recs if r["status"] == "ran"}, key=str)
+    encs = "; ".join(f"{e} at {s or 'native'} px" + (f" ({n})" if n else "") for e, s, n in enc)
+    variant = ("FAST-official (kNN votes, norm on raw votes, class-aware quota)"
+               if variant_official(args) else
+               "the paper's (Eq. 7 prototype score, Eq. 8 softmax, shared seeds, per-client labeling)")
+    sub = f"; every dataset column ran on {args.substitute}" if args.substitute else ""
+    if scale.get("min_alpha"):
+        sub += f"; Dirichlet alpha raised to at least {scale['min_alpha']}"
+    size = ("full data" if not scale["train_limit"] else
+            f"{scale['train_limit']} train / {scale['test_limit']} test (class-stratified subset)")
+    rounds = ("the paper's rounds" if scale["rounds"] is None else
+              f"at most {scale['rounds']} rounds (CNN-4) / {scale['linear_rounds']} (linear) of "
+              f"{scale['local_steps'] or scale['local_epochs']} local "
+              f"{'steps' if scale['local_steps'] else 'epochs'}, batch {scale['batch_size']}")
+    v = info.get("versions", {})
+    return [f"scale: {scale_name} ({size}; {rounds}){sub}",
+            f"encoder: {encs or 'none ran'}" + ("" if "siglip" in encs else
+                                               " - not the paper's SigLIP ViT-B/16"),
+            f"variant: {variant}",
+            f"device: {info.get('jax_device_kind')} ({info.get('cpu_model')}, "
+            f"{info.get('usable_cores')} usable cores); jax {v.get('jax')}, flax {v.get('flax')}; "
+            f"{info['date']}"]
+
+
+def reproduce(table: str, args) -> dict:
+    scale_name = "tiny" if args.tiny else "quick" if args.quick else "paper"
+    scale = SCALES[scale_name]
+    out = Path(args.out) / scale_name
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _paper()[table]
+    cells = cells_for(table, args.variant)
+    if args.datasets:
+        keep = set(args.datasets.split(","))
+        cells = [c for c in cells if c.dataset in keep]
+    recs, memo = [], {}
+    if any(c.method not in METHODS for c in cells):
+        print(f"[reproduce] Table {table}: baselines: not yet available", flush=True)
+    for cell in cells:
+        rec = run_cell(cell, args, scale, out, memo)
+        recs.append(rec)
+        status = (f"{_pct(rec['final_accuracy'])}%" if rec["status"] == "ran" else rec["status"])
+        print(f"[reproduce] {table} | {cell.row} | {cell.column}: {status}", flush=True)
+    md = render(table, spec, recs, header_lines(args, scale_name, scale, recs))
+    (out / f"table_{table}.md").write_text(md)
+    result = {"table": table, "scale": scale_name, "variant": args.variant, "cells": recs}
+    if table.startswith("fig"):
+        result["plot"] = str(plot_figure(table, spec, recs, out / f"{table}.png"))
+    (out / f"table_{table}.json").write_text(json.dumps(result, indent=1))
+    print(md, flush=True)
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", required=True,
+                   help=f"comma-separated, from {', '.join(TABLES)}, or 'all'")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="minutes on a 2-core CPU")
+    size.add_argument("--tiny", action="store_true", help="seconds: CI's smoke run")
+    p.add_argument("--data-root", default="", help="datasets (default: $FASTJAX_DATA_ROOT)")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--datasets", default="", help="run only these dataset columns / rows")
+    p.add_argument("--substitute", default="", help="run every dataset column on this dataset")
+    p.add_argument("--encoder", default="", help="override the scale's encoder (not Table V)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--model", default="", help="override CNN-4 (e.g. linear); Table II is linear")
+    p.add_argument("--variant", default="paper", choices=("paper", "official"))
+    p.add_argument("--strategy", default="sequential", help="train.strategy")
+    p.add_argument("--cache-dir", default="", help="embedding cache directory")
+    args = p.parse_args(argv)
+    tables = TABLES if args.table == "all" else tuple(args.table.split(","))
+    bad = [t for t in tables if t not in TABLES]
+    if bad:
+        p.error(f"unknown table(s) {bad}; allowed: {', '.join(TABLES)} or all")
+    if args.substitute:
+        from fastjax.data import DATASETS
+
+        if args.substitute not in DATASETS:
+            p.error(f"--substitute {args.substitute!r}; allowed: {sorted(DATASETS)}")
+    return args, tables
+
+
+def main(argv=None):
+    args, tables = parse_args(argv)
+    return {t: reproduce(t, args) for t in tables}
+
+
+if __name__ == "__main__":
+    main()
