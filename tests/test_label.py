@@ -624,6 +624,12 @@ def test_filter_weight_and_verify_follow_their_rules():
         w = res.train_w[k][len(p.labeled_idx):]
         np.testing.assert_array_equal(w, np.where(asked | (share >= 0.9), 1.0, 0.25))
         assert (res.train_w[k][:len(p.labeled_idx)] == 1).all()
+    from fastjax.label import quality
+
+    q = quality.weak_label_quality(res, oracle)["training_labels"]
+    w, idx = np.concatenate(res.train_w), np.concatenate(res.train_idx)
+    ok = np.concatenate(res.train_y) == y[idx]
+    assert np.isclose(q["weighted_precision"], (w * ok).sum() / w.sum())
 
 
 def test_soft_labels_are_the_vote_fractions_and_one_hot_for_humans():
@@ -686,6 +692,10 @@ def test_weak_label_quality_bins_match_numpy():
                                                         np.linspace(0, 1, 11)))
     for k in range(3):
         assert sum(q["vote_share"]["clients"][k]["count"]) == len(pools[k].unlabeled_idx)
+    idx = np.concatenate(res.train_idx)
+    assert q["training_labels"]["samples"] == idx.size
+    assert np.isclose(q["training_labels"]["precision"],
+                      np.mean(np.concatenate(res.train_y) == y[idx]))
 
 
 def test_reliability_png_and_report(tmp_path):

@@ -10,7 +10,10 @@ Per bin: `count`, `mean_confidence`, `precision` (weak labels that equal the hid
 label), `oracle_labeled` (refinement queries and verifications that fell in the bin),
 `corrected` (oracle-labeled samples whose weak label was wrong, i.e. labels the oracle
 changed) and `precision_after` (labels after refinement). Precision is None for an
-empty bin. The hidden labels come from `Oracle.labels_for_evaluation`: evaluation only.
+empty bin. "training_labels": how many samples the clients train on and the share whose
+label (seed, oracle or weak; for soft targets the hard weak label) is right, plain and
+weighted by the per-sample loss weights. The hidden labels come from
+`Oracle.labels_for_evaluation`: evaluation only.
 
     >>> import numpy as np
     >>> bins = vote_share_bins(np.array([0.1, 0.30000001, 1.0]))
@@ -99,6 +102,16 @@ def weak_label_quality(result: LabelingResult, oracle: Oracle) -> dict:
         }
     corrected = int(sum(out["vote_share"]["overall"]["corrected"]))
     labeled = int(sum(out["vote_share"]["overall"]["oracle_labeled"]))
+    idx = np.concatenate(result.train_idx) if k else np.zeros(0, np.int64)
+    ok = (np.concatenate(result.train_y) == oracle.labels_for_evaluation(idx)) if k else idx
+    w = (np.concatenate([np.ones(len(i), np.float32) if wk is None else wk
+                         for i, wk in zip(result.train_idx, result.train_w)])
+         if result.train_w else np.ones(idx.size, np.float32))
+    out["training_labels"] = {
+        "samples": int(idx.size),
+        "precision": float(ok.mean()) if idx.size else None,
+        "weighted_precision": float((w * ok).sum() / w.sum()) if w.sum() > 0 else None,
+    }
     out["refinement"] = {
         "oracle_labeled": labeled,
         "corrected": corrected,
@@ -116,6 +129,8 @@ def summary(quality: dict) -> dict:
             "vote_share_count": vs["count"],
             "vote_share_precision": vs["precision"],
             "vote_share_corrected": vs["corrected"],
+            "training_label_precision": quality["training_labels"]["precision"],
+            "training_label_weighted_precision": quality["training_labels"]["weighted_precision"],
             **quality["refinement"]}
 
 
