@@ -15,8 +15,16 @@ Paper vs FAST-official (Haoyuan-L/FAST-official), as options; the paper is the d
                                           for the other measures
   class_aware       False                 True (hard-coded `class_aware = True` in
                                           src/data.py `get_data`)
-  labeled_source    "own"                 "shared" (their kNN runs once on the pooled
-                                          seed set before the data are split)
+  labeled_source    "shared" (Sec. IV-C:  no clients: one central pass over the whole
+                    the seed embeddings   training set from one seed drawn before the
+                    go through the        split (`partition.central_seed`,
+                    server)               labeling.where="central")
+  budget            a fraction of the     a fraction of the unlabeled pool,
+                    training set          int(query_ratio * |pool|) (`query.budget_count`)
+
+labeled_source="own" (each client propagates from its own seed only) is a named option.
+After the two passes a `WeakLabelPolicy` (`filtering.py`) may drop, down-weight, verify
+or soften the weak labels; the default policy changes nothing.
 
 Example (two clients, 2-D embeddings):
 
