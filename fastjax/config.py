@@ -162,6 +162,9 @@ def validate(config) -> None:
     if lab.where == "central" and lab.labeled_source == "own":
         errs.append("labeling.where='central' labels from one seed drawn over the whole training "
                     "set: there are no per-client seeds for labeled_source='own'; keep 'shared'")
+    if lab.where == "central" and config.seed_labels.mode != "balanced":
+        errs.append("labeling.where='central' draws FAST-official's class-balanced seed; "
+                    f"seed_labels.mode={config.seed_labels.mode!r} applies to per-client seeds only")
     if lab.merge in ("weak", "seed") and lab.budget > 0:
         errs.append(f"labeling.merge={lab.merge!r} queries no oracle; set labeling.budget=0")
     policy_set = lab.filter != "none" or lab.verify_fraction > 0 or lab.soft_labels

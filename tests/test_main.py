@@ -93,6 +93,7 @@ def test_fast_job_pixels_cnn4_central_labeling(tmp_path):
     ({"labeling__budget": 1.5}, "labeling.budget"),
     ({"labeling__where": "central", "labeling__labeled_source": "own"}, "central"),
     ({"labeling__budget_of": "clients"}, "budget_of"),
+    ({"labeling__where": "central", "seed_labels__mode": "random"}, "class-balanced"),
     ({"labeling__filter": "drop", "labeling__merge": "human"}, "act on weak labels"),
     ({"labeling__verify_fraction": 1.5}, "verify_fraction"),
     ({"labeling__soft_labels": True, "labeling__normalize": "none"}, "soft_labels"),
