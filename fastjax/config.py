@@ -76,11 +76,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.local_epochs = 5
     c.train.local_steps = 0  # >0 overrides local_epochs
     c.train.batch_size = 128
-    c.train.lr = 1e-3
+    # CNN-4 learning rate: 0.01, x0.1 from round 77 of 100 (the 0-indexed round exceeds
+    # int(0.75 * 100)), the schedule of LoGo and of FAST-official's baselines, so FAST and
+    # the baselines train alike. FAST-official's own src/ holds 1e-3 constant
+    # (configs/fast_official.py), which on an H100 reached only 46% after 80 rounds on
+    # CIFAR-10, still rising. Measured on CPU (CIFAR-10 10k subset, Dir(0.1), stand-in
+    # weak labels, 30 rounds of 5 local steps, one partition and seed): 1e-3 constant
+    # 28.5%, 0.01 constant 30.3% (oscillating), 0.01 with x0.1 after 75% of the rounds
+    # 35.2% (benchmarks/RESULTS.md). Change rounds? Keep lr_decay_every at 0.75 rounds + 1.
+    c.train.lr = 0.01
     c.train.momentum = 0.9
     c.train.weight_decay = 1e-4
-    c.train.lr_decay = 1.0
-    c.train.lr_decay_every = 0
+    c.train.lr_decay = 0.1
+    c.train.lr_decay_every = 76
     c.train.aggregator = "fedavg"
     c.train.prox_mu = 0.0
     c.train.participation = 1.0
