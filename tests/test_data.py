@@ -18,6 +18,7 @@ import struct
 import tarfile
 import time
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -572,18 +573,37 @@ def _no_cache_entries(tmp_path):
     return not list((tmp_path / "cache").rglob("*.npz"))
 
 
-@pytest.mark.parametrize("cut", [0.1, 0.3, 0.5, 0.75, 0.9125, 0.99])
-def test_truncated_targz_fails_at_every_offset(tmp_path, monkeypatch, cut):
+def _gzip_cuts_inside_headers(gz: bytes, headers: list[int]) -> list[int]:
+    """Lengths at which cutting `gz` leaves a tar stream that ends inside (or exactly at)
+    a member header: where tarfile used to stop quietly, as if at the archive's end."""
+    d, produced, cuts, todo = zlib.decompressobj(16 + zlib.MAX_WBITS), 0, [], list(headers)
+    for i in range(len(gz)):
+        produced += len(d.decompress(gz[i:i + 1]))
+        while todo and produced >= todo[0] + 512:
+            todo.pop(0)  # jumped past this header in one step
+        if todo and todo[0] <= produced:
+            cuts.append(i + 1)
+            todo.pop(0)
+    return cuts
+
+
+def test_truncated_targz_fails_at_every_offset(tmp_path, monkeypatch):
     _expect(monkeypatch, "cifar10", 3, {"train": 12, "test": 6}, {"train": 4, "test": 2})
     f = _write_cifar10_jpeg(tmp_path)
     assert len(load_dataset("cifar10", "train", tmp_path / "data")) == 12  # intact: reads
     for e in (tmp_path / "cache").rglob("*.npz"):
         e.unlink()
     blob = f.read_bytes()
-    f.write_bytes(blob[:int(len(blob) * cut)])
-    with pytest.raises(DatasetCorruptError, match=r"cifar10-jpg\.tar\.gz.*fetch") as e:
-        load_dataset("cifar10", "test", tmp_path / "data")
-    assert "\n" not in str(e.value)  # one line
+    with tarfile.open(f) as tf:
+        headers = [m.offset for m in tf.getmembers()]
+    inside_headers = _gzip_cuts_inside_headers(blob, headers[1:])
+    assert len(inside_headers) >= 3
+    cuts = [int(len(blob) * c) for c in (0.1, 0.3, 0.5, 0.75, 0.9125, 0.99)] + inside_headers
+    for cut in cuts:
+        f.write_bytes(blob[:cut])
+        with pytest.raises(DatasetCorruptError, match=r"cifar10-jpg\.tar\.gz.*fetch") as e:
+            load_dataset("cifar10", "train", tmp_path / "data")
+        assert "\n" not in str(e.value)  # one line
     assert _no_cache_entries(tmp_path)
 
 
@@ -799,7 +819,11 @@ def test_cli_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "load_dataset", interrupted)
-    assert cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "o")]) == 130
+    try:
+        rc = cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "o")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI (a traceback, exit 1)")
+    assert rc == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Ctrl-C" in err and "Traceback" not in err
 

@@ -96,7 +96,7 @@ def split_seed(partition: Partition, train_labels, fraction: float, *,
             f"{len(short):,} of {len(pools):,} clients have a labeled seed that misses "
             f"classes they hold (e.g. {examples}); raise the seed fraction (now "
             f"{fraction}) to cover them", stacklevel=2)
-    _warn_if_inflated([idx.size for idx in partition.train],
+    _warn_if_inflated([len(idx) for idx in partition.train],
                       [p.labeled_idx.size for p in pools], fraction)
     return tuple(pools), Oracle(y)
 
