@@ -166,3 +166,12 @@ def test_subset_is_stratified():
     ds = Dataset("x", "train", np.zeros((100, 2, 2, 1), np.uint8), labels, ("a", "b", "c", "d"))
     sub = common.subset(ds, 20, 0)
     assert np.bincount(sub.labels, minlength=4).tolist() == [5, 5, 5, 5]
+
+
+def test_missing_weights_fail_before_the_dataset_is_read(tmp_path):
+    # No dataset at data.root either: the weights must be what the error names.
+    cfg = _small(tmp_path, encoder__checkpoint=str(tmp_path / "no-weights"), data__name="cifar10",
+                 data__root=str(tmp_path / "no-data"))
+    with pytest.raises(FileNotFoundError, match="encoder.checkpoint|FASTJAX_WEIGHTS"):
+        fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written before the check
