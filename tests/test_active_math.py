@@ -385,6 +385,13 @@ def test_kcfu_mix_partners():
         assert sorted(np.asarray(jp)[:4].tolist()) == [0, 1, 2, 3]
         _, _, js = kcfu_mix(u, jax.random.key(key), valid=valid)
         assert int(js[0]) < 4
+    # Per client under vmap (3 clients, own keys) = one call per client.
+    us, ks = np.stack([u, 2 * u, -u]), jax.random.split(jax.random.key(3), 3)
+    out = jax.vmap(lambda a, k: kcfu_mix(a, k, "permuted", valid=valid))(us, ks)
+    for c in range(3):
+        one = kcfu_mix(us[c], ks[c], "permuted", valid=valid)
+        for a, b in zip(out, one):
+            np.testing.assert_allclose(np.asarray(a[c]), np.asarray(b), rtol=1e-6)
     with pytest.raises(ValueError, match="allowed: .'single', 'permuted'."):
         kcfu_mix(u, jax.random.key(0), "pairs")
 
@@ -415,7 +422,8 @@ def test_margin_ranking_loss_hand_case():
 
 def test_lossnet_forward_equals_numpy():
     rng = np.random.default_rng(10)
-    taps = [rng.normal(size=(3, 4, 4, 2)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)]
+    taps = [rng.normal(size=(3, 4, 4, 2)).astype(np.float32),
+            rng.normal(size=(3, 5)).astype(np.float32)]
     net = LossNet(num_taps=2, hidden=4)
     params = net.init(jax.random.key(0), taps)["params"]
     p = jax.tree.map(np.asarray, params)

@@ -14,6 +14,12 @@ the client queries the b largest D (the reference's "intensity" constant is 1). 
 is the client's model after its local update in the last round, f_glob the aggregated
 model, both in eval mode.
 
+Why mask rather than copy the reference: with current torch, `F.kl_div` of a -inf
+input against a 0 target is NaN (checked with torch 2.13: 0 * (-inf - -inf)), so the
+reference's D is NaN for every sample of a client missing a class, and its top-b by
+`np.argsort` is then an arbitrary order; the pinned torch 1.0 dropped target-0 terms,
+which is what masking computes.
+
 **KCFU** (`train_epoch_client_distil`), per step, labeled batch (x, y) and unlabeled
 batch u:
   CE_bal = mean_i CE(f_S(x_i) + log n, y_i)                    (logit-adjusted student)
