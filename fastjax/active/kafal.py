@@ -7,7 +7,7 @@ Notation: n (C,) is the client's labeled count per class; classes with n_c = 0 a
 -inf; here they are masked explicitly (left out of every softmax and sum), never
 computed as 0 * inf.
 
-**KSAS** (`get_discrepancy`; paper Eq. for the knowledge-specialised score):
+**KSAS** (`get_discrepancy`):
   P = softmax(f_loc + log n), Q = softmax(f_glob + log n)  (over present classes),
   D = 0.5 [KL(Q || P) + KL(P || Q)] = 0.5 sum_c (P_c - Q_c)(log P_c - log Q_c);
 the client queries the b largest D (the reference's "intensity" constant is 1). f_loc
@@ -15,10 +15,11 @@ is the client's model after its local update in the last round, f_glob the aggre
 model, both in eval mode.
 
 Why mask rather than copy the reference: with current torch, `F.kl_div` of a -inf
-input against a 0 target is NaN (checked with torch 2.13: 0 * (-inf - -inf)), so the
-reference's D is NaN for every sample of a client missing a class, and its top-b by
-`np.argsort` is then an arbitrary order; the pinned torch 1.0 dropped target-0 terms,
-which is what masking computes.
+input against a 0 target is NaN (checked here with torch 2.13.0: the absent class's
+term is 0 * -inf), so the reference's D would be NaN for every sample of a client
+missing a class, and its top-b by `np.argsort` an arbitrary order. Whether the pinned
+torch 1.0.0 dropped target-0 terms is unverified; masking gives the finite value that
+dropping them would.
 
 **KCFU** (`train_epoch_client_distil`), per step, labeled batch (x, y) and unlabeled
 batch u:

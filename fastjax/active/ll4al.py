@@ -13,15 +13,18 @@ each an option of the caller (the engine / the iterative loop), not decided here
     passed here as `detach`;
   - the module's optimiser (the reference: its own SGD with the backbone's settings).
 
-`LossNet(num_taps, hidden)` (paper Fig. 2): for each tapped map, global average pooling
--> Dense(hidden) -> ReLU; concatenate; Dense(1) = the predicted loss. Dense layers use
-torch's default init (U(+-1/sqrt(fan_in)) for weights and biases) like the other models.
+`LossNet(num_taps, hidden)` (the paper's loss prediction module): for each tapped
+map, global average pooling -> Dense(hidden) -> ReLU; concatenate; Dense(1) = the
+predicted loss. Dense layers use torch's default init (U(+-1/sqrt(fan_in)) for weights
+and biases) like the other models.
 
-`margin_ranking_loss` (paper Eq. 2-3; `LossPredLoss`): a batch of 2B samples is split
-into the pairs (i, 2B-1-i), i < B (the batch against itself reversed), and
+`margin_ranking_loss` (the paper's pairwise loss-prediction loss; `LossPredLoss`): a
+batch of 2B samples is split into the pairs (i, 2B-1-i), i < B (the batch against
+itself reversed), and
   L = mean_pairs max(0, xi - sgn_ij (lhat_i - lhat_j)),
-  sgn_ij = +1 if l_i > l_j else -1 (the reference's `2 sign(clamp(l_i - l_j, 0)) - 1`,
-  so a tie l_i = l_j counts as -1, not 0), with the true losses l detached.
+  sgn_ij = +1 if l_i > l_j else -1 (the paper's A(l_i, l_j); the reference's
+  `2 sign(clamp(l_i - l_j, 0)) - 1`: a tie l_i = l_j counts as -1, not 0), with the
+  true losses l detached.
 An odd batch (the reference asserts even) pairs (i, m-1-i) for i < m // 2 and leaves
 the middle sample out. With a validity mask (padded batch) the valid rows are taken in
 order and paired the same way, as if the batch held only them. Fewer than 2 valid
