@@ -172,6 +172,12 @@ def test_check_query_refuses_before_compute():
             query(name, no_feats, 3, KEY)
     with pytest.raises(ValueError, match="labeled_feats must be"):
         PoolView(POOL["probs"], POOL["feats"], POOL["labeled_feats"][:3], POOL["labeled_y"])
+    with pytest.raises(ValueError, match="head_w/head_b must be"):
+        PoolView(POOL["probs"], POOL["feats"], POOL["labeled_feats"], POOL["labeled_y"],
+                 POOL["head_w"].T, POOL["head_b"])
+    bad_y = dict(POOL, labeled_y=POOL["labeled_y"] + C)
+    with pytest.raises(ValueError, match="labeled_y must be ints"):
+        query("alfa_mix", view_of(bad_y), 3, KEY)
     with pytest.raises(ValueError, match="b must be an int"):
         query("random", VIEW, 2.5, KEY)
     empty_labeled = PoolView(POOL["probs"], POOL["feats"], np.zeros((0, D), np.float32),

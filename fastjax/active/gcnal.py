@@ -16,7 +16,8 @@ dropout 0.3, gc3 (128 -> 1), sigmoid, learns labeled (1) vs unlabeled (0) with
 
 for 200 full-batch Adam steps (lr 1e-3, L2 weight decay 5e-4 added to the gradient as
 torch's Adam does). Selection: UncertainGCN takes the b subset samples whose score s is
-closest to s_margin = 0.1; CoreGCN runs greedy k-center from the labeled nodes.
+closest to s_margin = 0.1 (both codes: `argsort(-|s - s_margin|)[-b:]`); CoreGCN runs
+greedy k-center from the labeled nodes.
 
 CoreGCN's features, paper vs code: the paper (and LoGo's port) run k-center on the GCN's
 node embeddings [hidden_128 || pre-sigmoid logit]; the original code overwrites them

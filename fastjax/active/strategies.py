@@ -225,11 +225,14 @@ def _min_sq_dist(x, y, y_valid):
 @functools.partial(jax.jit, static_argnames=("slots",))
 def _kcenter(x, x_valid, y, y_valid, b, slots):
     far = jnp.where(x_valid, _min_sq_dist(x, y, y_valid), -jnp.inf)
+    xx = jnp.sum(x * x, axis=1)
 
     def step(t, carry):
         far, chosen = carry
         i = jnp.argmax(far)  # first of ties, as numpy's argmax
-        d2 = jnp.sum((x - x[i]) ** 2, axis=1)
+        # Expanded form, as sklearn's pairwise_distances: one matvec (8x faster on CPU
+        # than summing (x - x_i)^2 here).
+        d2 = jnp.maximum(xx + xx[i] - 2.0 * (x @ x[i]), 0.0)
         return jnp.minimum(far, d2).at[i].set(-jnp.inf), chosen.at[t].set(i)
 
     _, chosen = jax.lax.fori_loop(0, b, step, (far, jnp.zeros(slots, jnp.int32)))
@@ -388,15 +391,20 @@ def alfa_mix_candidates(view: PoolView, b: int, *, caps=ALFA_CAPS) -> np.ndarray
 def _kmeans_pp(x, valid, key, k, slots):
     """k-means++ seeding (Arthur & Vassilvitskii 2007): first centre uniform, then D^2.
     Returns (slots, d) centres of which the first k are used."""
+    xx = jnp.sum(x * x, 1)
+
+    def to(i):
+        return jnp.maximum(xx + xx[i] - 2.0 * (x @ x[i]), 0.0)
+
     first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(valid, 0.0, -jnp.inf))
-    d2 = jnp.where(valid, jnp.sum((x - x[first]) ** 2, 1), 0.0)
+    d2 = jnp.where(valid, to(first), 0.0).at[first].set(0.0)
 
     def step(t, carry):
         d2, idx = carry
         logits = jnp.where(d2 > 0, jnp.log(jnp.where(d2 > 0, d2, 1.0)), -jnp.inf)
         i = jax.random.categorical(jax.random.fold_in(key, t), logits)
         i = jnp.where(jnp.sum(d2) > 0, i, first)  # fewer distinct points than k
-        return jnp.minimum(d2, jnp.sum((x - x[i]) ** 2, 1)), idx.at[t].set(i)
+        return jnp.minimum(d2, to(i)).at[i].set(0.0), idx.at[t].set(i)
 
     _, idx = jax.lax.fori_loop(1, k, step, (d2, jnp.full(slots, first, jnp.int32)))
     return x[idx]
@@ -439,14 +447,15 @@ def _kmeans(x, valid, key, k, slots, iters, tol):
 
 
 def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: str = "distinct",
-             kmeans_iters: int = 100, kmeans_inits: int = 1) -> np.ndarray:
+             kmeans_iters: int = 300, kmeans_inits: int = 10) -> np.ndarray:
     """ALFA-Mix (Parvaneh et al., CVPR 2022; LoGo `alfa_mix.py`, closed-form alpha).
 
     1. Candidates: `alfa_mix_candidates`.
     2. More than b candidates: k-means with k = b on their L2-normalised features
-       (k-means++ start, Lloyd, best of `kmeans_inits` by inertia; the reference's
-       sklearn 1.0.1 KMeans used 10 inits and 300 iterations) and, per non-empty
-       cluster, the candidate nearest its centroid. At most b candidates: all of them
+       (best of `kmeans_inits` k-means++ starts by inertia, at most `kmeans_iters`
+       Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1 `KMeans`, whose seeding
+       is the greedy k-means++ variant) and, per non-empty cluster, the candidate
+       nearest its centroid. At most b candidates: all of them
        (k-means with k = #candidates gives each its own cluster).
     3. Shortfall filled at random from the rest of the pool: fill="distinct" (default;
        b distinct positions, as the paper's budget means) or "with_replacement" (the
@@ -484,7 +493,7 @@ def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: st
     return np.unique(np.concatenate([chosen, extra])).astype(np.int64)
 
 
-def _check_alfa_mix(*, caps=ALFA_CAPS, fill="distinct", kmeans_iters=100, kmeans_inits=1):
+def _check_alfa_mix(*, caps=ALFA_CAPS, fill="distinct", kmeans_iters=300, kmeans_inits=10):
     if fill not in ("distinct", "with_replacement"):
         raise ValueError(f"alfa_mix: fill={fill!r}; allowed: 'distinct' (default), 'with_replacement'")
     try:
