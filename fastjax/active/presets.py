@@ -64,7 +64,7 @@ def budget_fractions(initial: float, query: float, rounds: int) -> list[float]:
 
 def config_errors(config) -> list[str]:
     """Problems of the `active` section, for `fastjax.config.validate`."""
-    from fastjax.active.strategies import STRATEGIES
+    from fastjax.active import STRATEGIES
 
     a, errs = config.active, []
     if a.preset and a.preset not in PRESETS:

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastjax.active.kmeans import kmeans
+
 _BLOCK = 256  # labeled rows per distance block: memory is (padded pool) x _BLOCK floats
 
 
@@ -388,73 +390,15 @@ def alfa_mix_candidates(view: PoolView, b: int, *, caps=ALFA_CAPS) -> np.ndarray
     return union[over[0] if over.size else -1]
 
 
-def _kmeans_pp(x, valid, key, k, slots):
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): first centre uniform, then D^2.
-    Returns (slots, d) centres of which the first k are used."""
-    xx = jnp.sum(x * x, 1)
-
-    def to(i):
-        return jnp.maximum(xx + xx[i] - 2.0 * (x @ x[i]), 0.0)
-
-    first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(valid, 0.0, -jnp.inf))
-    d2 = jnp.where(valid, to(first), 0.0).at[first].set(0.0)
-
-    def step(t, carry):
-        d2, idx = carry
-        logits = jnp.where(d2 > 0, jnp.log(jnp.where(d2 > 0, d2, 1.0)), -jnp.inf)
-        i = jax.random.categorical(jax.random.fold_in(key, t), logits)
-        i = jnp.where(jnp.sum(d2) > 0, i, first)  # fewer distinct points than k
-        return jnp.minimum(d2, to(i)).at[i].set(0.0), idx.at[t].set(i)
-
-    _, idx = jax.lax.fori_loop(1, k, step, (d2, jnp.full(slots, first, jnp.int32)))
-    return x[idx]
-
-
-@functools.partial(jax.jit, static_argnames=("slots",))
-def _kmeans(x, valid, key, k, slots, iters, tol):
-    """Lloyd's k-means (k <= slots centres) from a k-means++ start; stops after `iters`
-    or once the total squared centre shift is <= tol * mean feature variance (sklearn's
-    rule). Empty clusters keep their centre. Returns (labels, squared distance to own
-    centre, inertia)."""
-    w = valid.astype(x.dtype)
-    used = jnp.arange(slots) < k
-    mean = jnp.sum(x * w[:, None], 0) / jnp.sum(w)
-    tol = tol * jnp.mean(jnp.sum(w[:, None] * (x - mean) ** 2, 0) / jnp.sum(w))
-
-    def assign(c):
-        d2 = jnp.sum(x * x, 1)[:, None] + jnp.sum(c * c, 1)[None, :] - 2.0 * x @ c.T
-        d2 = jnp.where(used[None, :], d2, jnp.inf)
-        return jnp.argmin(d2, 1), jnp.maximum(jnp.min(d2, 1), 0.0)
-
-    def update(c):
-        onehot = jax.nn.one_hot(assign(c)[0], slots, dtype=x.dtype) * w[:, None]
-        count = jnp.sum(onehot, 0)
-        return jnp.where(count[:, None] > 0, (onehot.T @ x) / jnp.maximum(count, 1.0)[:, None], c)
-
-    def cond(s):
-        t, _, shift = s
-        return (t < iters) & (shift > tol)
-
-    def body(s):
-        t, c, _ = s
-        new = update(c)
-        return t + 1, new, jnp.sum((new - c) ** 2)
-
-    start_c = _kmeans_pp(x, valid, key, k, slots)
-    _, c, _ = jax.lax.while_loop(cond, body, (0, start_c, jnp.asarray(jnp.inf, x.dtype)))
-    labels, d2 = assign(c)
-    return labels, d2, jnp.sum(d2 * w)
-
-
 def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: str = "distinct",
              kmeans_iters: int = 300, kmeans_inits: int = 10) -> np.ndarray:
     """ALFA-Mix (Parvaneh et al., CVPR 2022; LoGo `alfa_mix.py`, closed-form alpha).
 
     1. Candidates: `alfa_mix_candidates`.
     2. More than b candidates: k-means with k = b on their L2-normalised features
-       (best of `kmeans_inits` k-means++ starts by inertia, at most `kmeans_iters`
-       Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1 `KMeans`, whose seeding
-       is the greedy k-means++ variant) and, per non-empty cluster, the candidate
+       (`fastjax.active.kmeans`: best of `kmeans_inits` k-means++ starts by inertia, at
+       most `kmeans_iters` Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1
+       `KMeans`, whose seeding is the greedy k-means++ variant) and, per non-empty cluster, the candidate
        nearest its centroid. At most b candidates: all of them
        (k-means with k = #candidates gives each its own cluster).
     3. Shortfall filled at random from the rest of the pool: fill="distinct" (default;
@@ -475,9 +419,8 @@ def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: st
         h = h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), 1e-12)
         rows = _bucket(cand.size)
         x, valid = _pad(h, rows), jnp.arange(rows) < cand.size
-        runs = [_kmeans(x, valid, jax.random.fold_in(k_means, r), b, _bucket(b), kmeans_iters, 1e-4)
-                for r in range(kmeans_inits)]
-        labels, d2, _ = min(runs, key=lambda run: float(run[2]))
+        centers, labels, _ = kmeans(x, b, k_means, n_init=kmeans_inits, max_iter=kmeans_iters, mask=valid)
+        d2 = jnp.sum((x - centers[labels]) ** 2, axis=1)
         labels, d2 = np.asarray(labels)[:cand.size], np.asarray(d2)[:cand.size]
         order = np.lexsort((np.arange(cand.size), d2, labels))  # by cluster, then distance
         first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]

@@ -81,7 +81,7 @@ class _Querier:
     """Scores each client's unlabeled pool with the query model and applies the strategy."""
 
     def __init__(self, config, model, inputs, part_train, num_classes):
-        from fastjax.active.strategies import STRATEGIES
+        from fastjax.active import STRATEGIES
         from fastjax.federate import engine
 
         self.config, self.model, self.inputs = config, model, inputs
@@ -93,7 +93,7 @@ class _Querier:
     def query(self, al_round: int, variables, labeled: list[np.ndarray], budgets, oracle_labels,
               local_vars=None) -> list[np.ndarray]:
         """The new labeled sets after each client queries budgets[k] samples."""
-        from fastjax.active.strategies import PoolView
+        from fastjax.active import PoolView
         from fastjax.federate.models import head_params
 
         a = self.config.active
