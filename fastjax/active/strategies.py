@@ -49,6 +49,13 @@ class PoolView:
     labeled_feats: (m, d) features of the client's labeled set (None iff feats is None).
     labeled_y:     (m,) int labels of the labeled set (oracle answers, in [0, C)).
     head_w, head_b: (d, C), (C,) final linear layer of the query model (ALFA-Mix).
+    For the strategies that read more than the global model's outputs (None otherwise):
+    logits:        (n, C) the global model's logits on the pool (KAFAL's KSAS).
+    local_probs, local_feats, local_logits: (n, C), (n, d'), (n, C) the client's own
+                   model on the pool: its local-only model (LoGo's macro step) or its
+                   model after its last local update (KAFAL).
+    class_counts:  (C,) the client's labeled samples per class (KAFAL's logit adjustment).
+    pred_loss:     (n,) the loss-prediction module's output on the pool (LL4AL).
     Shapes are checked on construction; values are checked by the strategies.
     """
 
@@ -58,6 +65,12 @@ class PoolView:
     labeled_y: Any
     head_w: Any = None
     head_b: Any = None
+    logits: Any = None
+    local_probs: Any = None
+    local_feats: Any = None
+    local_logits: Any = None
+    class_counts: Any = None
+    pred_loss: Any = None
 
     def __post_init__(self):
         if np.ndim(self.probs) != 2:
@@ -79,6 +92,16 @@ class PoolView:
                 got = None if self.labeled_feats is None else np.shape(self.labeled_feats)
                 raise ValueError(f"labeled_feats must be ({m}, {d}) (labeled_y rows, feats "
                                  f"columns); got {got}")
+        for name in ("logits", "local_probs", "local_logits"):
+            v = getattr(self, name)
+            if v is not None and np.shape(v) != (n, c):
+                raise ValueError(f"{name} must be ({n}, {c}) like probs; got {np.shape(v)}")
+        if self.local_feats is not None and (np.ndim(self.local_feats) != 2 or np.shape(self.local_feats)[0] != n):
+            raise ValueError(f"local_feats must be ({n}, d); got {np.shape(self.local_feats)}")
+        if self.class_counts is not None and np.shape(self.class_counts) != (c,):
+            raise ValueError(f"class_counts must be ({c},); got {np.shape(self.class_counts)}")
+        if self.pred_loss is not None and np.shape(self.pred_loss) != (n,):
+            raise ValueError(f"pred_loss must be ({n},); got {np.shape(self.pred_loss)}")
         if (self.head_w is None) != (self.head_b is None):
             raise ValueError("head_w and head_b come together; pass both or neither")
         if self.head_w is not None:
