@@ -208,8 +208,6 @@ def build_config(cell: Cell, args, scale: dict):
     t.strategy = args.strategy
     if c.model.name == "linear":
         t.lr = 0.01  # standardised embeddings (as benchmarks/table2.py)
-    if t.lr_decay != 1.0:  # the default schedule: x0.1 once the 0-indexed round exceeds 0.75 T
-        t.lr_decay_every = int(0.75 * t.rounds) + 1
     c.lock()
     return c
 

@@ -42,6 +42,7 @@ def get_config():
     c.train.lr = 1e-3
     c.train.lr_decay = 1.0
     c.train.lr_decay_every = 0
+    c.train.lr_drop_at = 0.0  # constant: the decaying schedule in their code is shadowed
     c.train.local_epochs = 5
     c.train.batch_size = 128
     return c

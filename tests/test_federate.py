@@ -306,7 +306,7 @@ def test_cross_entropy_soft_matches_numpy():
 def test_weights_scale_the_loss_and_stack_clients_pads_them():
     xs, ys = _blobs(2, [10, 6])
     ws = [np.linspace(0, 1, 10, dtype=np.float32), np.full(6, 0.5, np.float32)]
-    c = engine.stack_clients(xs, ys, ws)
+    c = engine.stack_clients(xs, ys, ws=ws)
     assert c.w.shape == (2, 10) and (c.w[1, 6:] == 0).all()
     np.testing.assert_array_equal(c.w[0], ws[0])
     soft = engine.stack_clients(xs, [np.eye(3, dtype=np.float32)[y] for y in ys])
