@@ -374,6 +374,11 @@ def render(table: str, spec: dict, recs: list[dict], header: list[str]) -> str:
                       "brackets)."]
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped) + "."]
+    absent = [c for c in cols if not any(r["column"] == c for r in recs)]
+    absent += [r["row"] for r in spec["rows"] if r["row"] != "average"
+               and not any(x["row"] == r["row"] for x in recs)]
+    if absent:
+        lines += ["", "'-': not selected for this run (--datasets): " + ", ".join(absent) + "."]
     return "\n".join(lines) + "\n"
 
 
