@@ -743,3 +743,27 @@ def test_shared_default_table3_arithmetic(classes, paper_mib, cnn4_rounds_mib, t
     res = label_clients(small, z, Oracle(yy), 4, budget=0)
     n = sum(len(p.labeled_idx) for p in small)
     assert res.shared_embedding_bytes == (n + 3 * n) * (4 * z.shape[1] + 8)
+
+
+def test_client_training_sets_maps_a_central_result_onto_clients():
+    from fastjax.label import WeakLabelPolicy, client_training_sets
+
+    z, y = clustered(n=300)
+    central = ClientPool(0, np.arange(0, 300, 25), y[::25], np.setdiff1d(np.arange(300),
+                                                                         np.arange(0, 300, 25)))
+    res = label_clients([central], z, Oracle(y), 4, budget=30, labeled_source="own",
+                        policy=WeakLabelPolicy("weight", threshold=0.9, low_weight=0.5))
+    owners = np.random.default_rng(0).integers(0, 3, 300)
+    parts = [np.flatnonzero(owners == k) for k in range(3)]
+    label_of = dict(zip(res.train_idx[0].tolist(), res.train_y[0].tolist()))
+    weight_of = dict(zip(res.train_idx[0].tolist(), res.train_w[0].tolist()))
+    sets = client_training_sets(res, parts)
+    for part, (idx, yy, w, soft) in zip(parts, sets):
+        np.testing.assert_array_equal(idx, part)  # every sample kept, in index order
+        assert yy.tolist() == [label_of[i] for i in part.tolist()]
+        assert w.tolist() == [weight_of[i] for i in part.tolist()] and soft is None
+    dropped = label_clients([central], z, Oracle(y), 4, budget=30, labeled_source="own",
+                            policy=WeakLabelPolicy("drop", threshold=0.9))
+    kept = set(dropped.train_idx[0].tolist())
+    for part, (idx, *_rest) in zip(parts, client_training_sets(dropped, parts)):
+        assert idx.tolist() == [i for i in part.tolist() if i in kept]
