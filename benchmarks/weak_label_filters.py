@@ -28,8 +28,8 @@ VARIANTS = {  # name -> labeling overrides
     "weight 0.25 share<0.8": {"filter": "weight", "filter_threshold": 0.8, "filter_weight": 0.25},
     "verify 50% of b_k": {"verify_fraction": 0.5},
     "verify 50% + drop share<0.8": {"verify_fraction": 0.5, "filter": "drop", "filter_threshold": 0.8},
-    "FAST, kNN-vote score": dict(VOTES),
-    "soft labels, kNN-vote score": {**VOTES, "soft_labels": True},
+    "FAST (kNN-vote score)": dict(VOTES),
+    "soft labels (kNN-vote score)": {**VOTES, "soft_labels": True},
 }
 
 
@@ -69,14 +69,14 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=0.2)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="|".join(VARIANTS), help="'|'-separated names")
     args = p.parse_args(argv)
     from benchmarks import common
     from fastjax import main as fast_main
 
     out = Path(args.out)
     rows = {}
-    for name in args.variants.split(","):
+    for name in args.variants.split("|"):
         slug = "".join(ch if ch.isalnum() else "_" for ch in name)
         s = fast_main.run(config(args, VARIANTS[name]), out / slug, progress=False)
         q = s["weak_label_quality"]
