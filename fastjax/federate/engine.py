@@ -196,7 +196,7 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     return jax.jit(round_fn)
 
 
-def _batched(apply: Callable, x: np.ndarray, batch_size: int):
+def batched(apply: Callable, x: np.ndarray, batch_size: int):
     """apply(xb) over x in fixed-size batches (the last one zero-padded to the same static
     shape: one compile), outputs concatenated on the host."""
     outs = []
@@ -218,7 +218,7 @@ def make_eval_fn(model, preprocess: Callable):
 
     def evaluate(variables, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Predicted labels for all of x."""
-        return _batched(lambda xb: predict(variables, xb), x, batch_size)
+        return batched(lambda xb: predict(variables, xb), x, batch_size)
 
     return evaluate
 
@@ -237,7 +237,7 @@ def make_features_fn(model, preprocess: Callable):
         if len(x) == 0:
             shapes = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
             return tuple(np.zeros((0,) + s.shape[1:], np.float32) for s in shapes)
-        return _batched(lambda xb: forward(variables, xb), x, batch_size)
+        return batched(lambda xb: forward(variables, xb), x, batch_size)
 
     return features
 
