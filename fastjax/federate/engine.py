@@ -153,6 +153,17 @@ def select_clients(num_clients: int, participation: float, seed: int, round_: in
     return np.sort(rng.choice(num_clients, size=m, replace=False))
 
 
+def round_key(seed: int, round_: int) -> jax.Array:
+    """The PRNG key of round r (1-based): fold_in(PRNGKey(seed), r)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), round_)
+
+
+def client_key(key: jax.Array, client_id) -> jax.Array:
+    """Client k's local-update key in a round: fold_in(round key, k). A client that
+    trains alone (a Flower SuperNode) gets the same key as its row of the batch here."""
+    return jax.random.fold_in(key, client_id)
+
+
 def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     """One jitted round: local updates of the selected clients, then aggregation.
 
@@ -167,7 +178,7 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     aggregate = aggregators.AGGREGATORS[spec.aggregator]
 
     def round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key):
-        keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
+        keys = jax.vmap(lambda i: client_key(round_key, i))(client_ids)
         client_vars, stats = run(global_vars, x, y, n, steps, lr, keys)
         new_vars = aggregate(global_vars, client_vars, n, steps, momentum=spec.momentum)
         return new_vars, stats
@@ -228,7 +239,6 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     round_fn = make_round_fn(model, spec, preprocess, mesh)
     evaluate = make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
-    base_key = jax.random.PRNGKey(spec.seed)
 
     workdir = Path(workdir) if workdir is not None else None
     history: list[dict] = []
@@ -236,7 +246,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     ckpt = None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        ckpt = _Checkpoints(workdir / "checkpoints")
+        ckpt = Checkpoints(workdir / "checkpoints")
         restored = ckpt.restore(variables)
         if restored is not None:
             variables, last = restored
@@ -262,7 +272,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
             args = (x_dev[rows_dev], y_dev[rows_dev])
         new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r),
                                    jnp.asarray(rows, jnp.int32), spec.learning_rate(r - 1),
-                                   jax.random.fold_in(base_key, r))
+                                   round_key(spec.seed, r))
         losses = np.asarray(stats["loss"])
         real = n_r > 0
         if not np.all(np.isfinite(losses[real])):
@@ -302,7 +312,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     return FitResult(variables, history, comm, waste, train_seconds)
 
 
-class _Checkpoints:
+class Checkpoints:
     """Orbax checkpoints of the global variables, keyed by round (synchronous, so an
     interrupted run never leaves a half-written latest checkpoint behind)."""
 
