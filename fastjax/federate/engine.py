@@ -164,17 +164,22 @@ def client_key(key: jax.Array, client_id) -> jax.Array:
     return jax.random.fold_in(key, client_id)
 
 
+def local_spec(spec: TrainSpec) -> local.LocalSpec:
+    """The one-client local update's static options for these training options."""
+    by_epochs = spec.local_steps is None
+    return local.LocalSpec(spec.batch_size, spec.momentum, spec.weight_decay,
+                           spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
+                           epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs)
+
+
 def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     """One jitted round: local updates of the selected clients, then aggregation.
 
     round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key) -> (vars, stats)
     where x, y, n, steps are already the selected clients' rows.
     """
-    by_epochs = spec.local_steps is None
-    lspec = local.LocalSpec(spec.batch_size, spec.momentum, spec.weight_decay,
-                            spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
-                            epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs)
-    run = execution.lift(local.make_local_update(model, lspec, preprocess), spec.strategy, mesh)
+    run = execution.lift(local.make_local_update(model, local_spec(spec), preprocess),
+                         spec.strategy, mesh)
     aggregate = aggregators.AGGREGATORS[spec.aggregator]
 
     def round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key):
