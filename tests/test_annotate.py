@@ -18,7 +18,7 @@ def workdir(tmp_path):
     images = (np.arange(12, dtype=np.uint8)[:, None, None, None] * 20
               * np.ones((1, 8, 8, 3), np.uint8))
     q = annotate.make_query([np.array([7, 3, 9]), np.array([], np.int64), np.array([5, 1])], NAMES)
-    annotate.write_query(q, images, tmp_path, per_sheet=4)
+    annotate.write_query(q, images[q.sample_id], tmp_path, per_sheet=4)
     return tmp_path
 
 
@@ -93,3 +93,20 @@ def test_bad_annotation_files_are_refused(workdir, header, rows, msg):
 def test_missing_files_say_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="fastjax.label export"):
         annotate.read_query(tmp_path)
+
+
+def test_annotation_oracle_writes_the_query_until_annotated(tmp_path):
+    images = np.zeros((10, 4, 4, 1), np.uint8)
+    q = annotate.make_query([np.array([2, 4])], NAMES)
+    assert annotate.annotation_oracle(tmp_path, q, images[[2, 4]], np.zeros(10)) is None
+    assert (tmp_path / "query.csv").exists() and (tmp_path / "query_sheet_000.png").exists()
+    annotate.import_annotations(_write(tmp_path / "a.csv", ("sample_id", "label"),
+                                       [[2, "dog"], [4, "cat"]]), tmp_path)
+    oracle = annotate.annotation_oracle(tmp_path, q, images[[2, 4]], np.zeros(10))
+    assert oracle.query(np.array([4, 2])).tolist() == [0, 1]
+    # A different query (the config changed): written anew, old annotations set aside.
+    q2 = annotate.make_query([np.array([2, 5])], NAMES)
+    assert annotate.annotation_oracle(tmp_path, q2, images[[2, 5]], np.zeros(10)) is None
+    assert annotate.read_query(tmp_path).sample_id.tolist() == [2, 5]
+    assert (tmp_path / "annotations.stale.csv").exists()
+    assert not (tmp_path / "annotations.csv").exists()

@@ -24,7 +24,7 @@ Every bad row fails at once with one line naming the file and the line.
     >>> import numpy as np, tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> q = make_query([np.array([7, 3]), np.array([5])], ("cat", "dog"))
-    >>> _ = write_query(q, np.zeros((10, 8, 8, 3), np.uint8), d)
+    >>> _ = write_query(q, np.zeros((3, 8, 8, 3), np.uint8), d)
     >>> _ = (d / "mine.csv").write_text("sample_id,label\\n7,dog\\n3,0\\n5,1\\n")
     >>> _ = import_annotations(d / "mine.csv", d)
     >>> AnnotationOracle.from_workdir(d, np.zeros(10)).query(np.array([3, 7, 5])).tolist()
@@ -111,14 +111,15 @@ def write_query(query: Query, images: np.ndarray, directory, *, per_sheet: int =
                 ) -> Path:
     """Writes query.csv, query.json and the contact sheets; returns the CSV's path.
 
-    images: indexable by sample id (the dataset's images). Any earlier annotations in
-    the directory are kept; `import_annotations` checks them against the new query.
+    images: the queried images in the query's row order (N, H, W, C) uint8.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     captions = [f"id {i}" for i in query.sample_id.tolist()]
-    pics = np.asarray(images)[query.sample_id] if query.budget else np.zeros((0, 1, 1, 3), np.uint8)
-    sheets = contact_sheets(pics, captions, directory, per_sheet=per_sheet)
+    images = np.asarray(images)
+    if len(images) != query.budget:
+        raise ValueError(f"write_query: {len(images)} images for {query.budget} queried samples")
+    sheets = contact_sheets(images, captions, directory, per_sheet=per_sheet)
     path = directory / QUERY_CSV
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -236,6 +237,30 @@ def import_annotations(path, workdir) -> Path:
             w.writerow((owner[s], s, merged[s], query.class_names[merged[s]]))
     os.replace(tmp, merged_path)
     return merged_path
+
+
+def annotation_oracle(workdir, query: Query, images: np.ndarray, evaluation_labels
+                      ) -> "AnnotationOracle | None":
+    """The human oracle for `query`, or None after writing the query for the annotator.
+
+    Writes the query (CSV, JSON, contact sheets) when workdir has none or a different
+    one (config, data or seed changed since the export; stale annotations are moved to
+    annotations.stale.csv); returns None while annotations.csv is missing; else the
+    oracle, which fails unless every queried sample is annotated.
+    """
+    workdir = Path(workdir)
+    old = read_query(workdir) if (workdir / QUERY_CSV).exists() and (workdir / QUERY_JSON).exists() \
+        else None
+    same = (old is not None and old.class_names == query.class_names
+            and np.array_equal(old.sample_id, query.sample_id) and np.array_equal(old.client, query.client))
+    if not same:
+        write_query(query, images, workdir)
+        if (workdir / ANNOTATIONS_CSV).exists():
+            os.replace(workdir / ANNOTATIONS_CSV, workdir / "annotations.stale.csv")
+        return None
+    if not (workdir / ANNOTATIONS_CSV).exists():
+        return None
+    return AnnotationOracle.from_workdir(workdir, evaluation_labels)
 
 
 class AnnotationOracle:
