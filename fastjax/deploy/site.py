@@ -225,7 +225,7 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
     n_shared = len(msg.get("shared_y", ()))
     hidden = np.concatenate([site.labels, np.zeros(n_shared, np.int64)])
     oracle = Oracle(hidden)
-    if getattr(config.labeling, "oracle", "simulated") == "annotations":
+    if config.labeling.oracle == "annotations":
         probe, pos = _label(site, z, config, msg, annotate.QueryRecorder(hidden))
         rows = probe.queried_idx[pos]
         query = annotate.make_query([site.sample_ids[rows]], site.class_names, clients=[site.client])
