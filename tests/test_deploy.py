@@ -161,8 +161,13 @@ def test_human_annotations_across_sites(reference, tmp_path):
 
 # --- Flower's Deployment Engine: a SuperLink and two SuperNodes on 127.0.0.1 ---------------
 
-flower = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,
-                            reason="needs the fastjax[flower] extra (flwr)")
+_needs_flwr = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,
+                                 reason="needs the fastjax[flower] extra (flwr)")
+
+
+def flower(test):
+    """Marked `flower` (select with -m flower, leave out with -m 'not flower')."""
+    return pytest.mark.flower(_needs_flwr(test))
 BIN = Path(sys.executable).parent
 APP = Path(__file__).resolve().parents[1] / "fastjax" / "deploy"
 
@@ -194,7 +199,9 @@ def flower_cluster(tmp_path_factory):
     """flower-superlink + K flower-supernode processes, stopped at the end."""
     tmp = tmp_path_factory.mktemp("flower")
     link, *node_ports = _free_ports(1 + K)
-    env = dict(os.environ, FLWR_HOME=str(tmp / "home"), JAX_PLATFORMS="cpu")
+    # Flower starts its helpers (flower-superexec, flwr-clientapp) by name: PATH has our venv.
+    env = dict(os.environ, FLWR_HOME=str(tmp / "home"), JAX_PLATFORMS="cpu",
+               PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
     (tmp / "home").mkdir()
     (tmp / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "local"\n[superlink.local]\naddress = "127.0.0.1:{link}"\n'
@@ -254,3 +261,33 @@ def test_flower_deployment_matches_the_simulation(reference, flower_cluster):
     _close(variables, ref_vars)
     assert summary["annotations"] == ref["annotations"]
     assert summary["comm_mib"] == pytest.approx(ref["comm_mib"])
+
+
+@flower
+def test_flower_supernode_dropping_out_mid_run(reference, flower_cluster):
+    """Runs last in this module: it stops SuperNode 1. The run fails clearly at the next
+    round and keeps the global variables of the last completed one."""
+    cfg, _, _ = reference
+    tmp, env, procs = flower_cluster
+    workdir = tmp / "dropout"
+    metrics = workdir / "metrics.jsonl"
+    node1 = procs[2]
+
+    def stop_node_after_round_1():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size):
+            time.sleep(0.2)
+        os.killpg(node1.pid, signal.SIGTERM)
+
+    import threading
+
+    killer = threading.Thread(target=stop_node_after_round_1, daemon=True)
+    killer.start()
+    log = _flwr_run(tmp, env, cfg, workdir, timeout=30)
+    killer.join(timeout=5)
+    assert node1.poll() is not None
+    assert "site 1 failed" in log and "checkpointed" in log, log[-3000:]
+    rounds = [json.loads(l)["round"] for l in open(metrics)]
+    last = rounds[-1]
+    assert last < 3 and _final(workdir, cfg)[1] == last
+    assert not (workdir / "summary.json").exists()

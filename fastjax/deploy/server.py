@@ -209,7 +209,8 @@ def run_server(config, workdir, transport: Transport, *, on_failure: str = "fail
                 + ("" if on_failure == "aggregate" else
                    " (run config on-failure='aggregate' aggregates the sites that answer)"))
         if failures:
-            log(f"round {r}: aggregating {len(ok)} of {len(sel)} sites; dropped {sorted(failures)}")
+            log(f"round {r}: aggregating {len(ok)} of {len(sel)} sites; left out "
+                + "; ".join(f"site {k}: {failures[k]}" for k in sorted(failures)))
         stacked = jax.tree.map(lambda *a: jnp.stack(a),
                                *[pl.unflatten(replies[k], "vars") for k in ok])
         n_r = jnp.asarray([replies[k]["n"] for k in ok], jnp.int32)

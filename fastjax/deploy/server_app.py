@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import sys
 import time
 
@@ -59,6 +60,13 @@ def load_config(path: str, overrides: str = ""):
     return config
 
 
+def error_reason(reason: str) -> str:
+    """One line from a ClientApp's error reply ("<class 'T'>:<'message'>" in flwr 1.42)."""
+    m = re.match(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>\s*$", str(reason), re.S)
+    text = f"{m[1]}: {m[2]}" if m else str(reason)
+    return " ".join(text.split())
+
+
 class FlowerTransport:
     """`server.Transport` over Flower's Grid: one SuperNode per client id."""
 
@@ -77,11 +85,13 @@ class FlowerTransport:
         out = [Message(to_records(m), dst_node_id=node, message_type=MESSAGE_TYPES[phase],
                        group_id=f"{phase}-{m.get('round', 0)}") for node, m in by_node.items()]
         replies, errors = {}, {}
-        for rep in self._grid.send_and_receive(out, timeout=timeout):
-            node = rep.metadata.src_node_id
+        answers = list(self._grid.send_and_receive(out, timeout=timeout))
+        # By the message answered: the SuperLink itself answers for a node it lost.
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
+        for rep in answers:
+            node = dst.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
             if rep.has_error():
-                lines = [s for s in str(rep.error.reason).strip().splitlines() if s.strip()]
-                errors[node] = lines[-1] if lines else f"error code {rep.error.code}"
+                errors[node] = error_reason(rep.error.reason) or f"error code {rep.error.code}"
             else:
                 replies[node] = from_records(rep.content)
         for node in by_node:
@@ -110,8 +120,8 @@ class FlowerTransport:
         by_node = {self._node_of[k]: m for k, m in msgs.items() if k not in gone}
         replies, errors = self._exchange(phase, by_node, timeout) if by_node else ({}, {})
         client = {n: k for k, n in self._node_of.items()}
-        return ({client[n]: r for n, r in replies.items()},
-                {**gone, **{client[n]: e for n, e in errors.items()}})
+        return ({client[n]: r for n, r in replies.items() if n in client},
+                {**gone, **{client[n]: e for n, e in errors.items() if n in client}})
 
 
 @app.main()
