@@ -19,6 +19,7 @@ ORACLES = ("simulated", "annotations")
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.method = "fast"  # fast (the one-shot job) | active (the iterative FAL loop it is compared with)
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
@@ -76,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-4
     c.train.lr_decay = 1.0
     c.train.lr_decay_every = 0
+    c.train.lr_drop_at = 0.0  # > 0: lr x lr_drop_factor after this fraction of the rounds (LoGo: 0.75)
+    c.train.lr_drop_factor = 0.1
     c.train.aggregator = "fedavg"
     c.train.prox_mu = 0.0
     c.train.participation = 1.0
@@ -83,6 +86,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 1
     c.train.checkpoint_every = 10
     c.train.eval_batch_size = 1000
+
+    # The iterative federated active-learning loop (method="active"; fastjax/methods/active.py).
+    c.active = ml_collections.ConfigDict()
+    c.active.preset = ""  # set by configs/*_active.py:<preset>; see fastjax/active/presets.py
+    c.active.strategy = "random"  # fastjax.active.STRATEGIES
+    c.active.rounds = 4  # R active-learning rounds, each train.rounds FL rounds
+    c.active.initial = 0.05  # fraction of the training set labeled at random in AL round 1
+    c.active.query = 0.05  # fraction queried (over all clients) in each later AL round
+    c.active.reset = "random_init"  # random_init (LoGo's code) | continue (FAST-official's)
+    c.active.query_model = "global"  # global (the paper) | local_only (LoGo's ablation)
+    c.active.pool_batch_size = 1000  # forward passes over a client's pool
     c.lock()
     return c
 
@@ -94,7 +108,8 @@ def train_spec(config):
     return TrainSpec(
         rounds=t.rounds, local_epochs=t.local_epochs, local_steps=t.local_steps or None,
         batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        lr_decay=t.lr_decay, lr_decay_every=t.lr_decay_every, aggregator=t.aggregator,
+        lr_decay=t.lr_decay, lr_decay_every=t.lr_decay_every, lr_drop_at=t.lr_drop_at,
+        lr_drop_factor=t.lr_drop_factor, aggregator=t.aggregator,
         prox_mu=t.prox_mu, participation=t.participation, strategy=t.strategy,
         eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         eval_batch_size=t.eval_batch_size, seed=config.seed)
@@ -104,7 +119,7 @@ def validate(config) -> None:
     """Check every option before any compute; one error lists every problem found."""
     from fastjax.data import DATASETS
     from fastjax.encode import ENCODERS
-    from fastjax.federate.models import MODELS
+    from fastjax.federate.models import CONV_IMPLS, MODELS
     from fastjax.label import NORMALIZE, UNCERTAINTY
     from fastjax.partition import PARTITIONS
 
@@ -129,7 +144,16 @@ def validate(config) -> None:
     choice("labeling.tie_break", config.labeling.tie_break, ("nearest", "lowest_class"))
     choice("labeling.oracle", config.labeling.oracle, ORACLES)
     choice("model.name", config.model.name, MODELS)
-    choice("model.conv_impl", config.model.conv_impl, ("im2col", "lax"))
+    choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
+    choice("method", config.method, ("fast", "active"))
+    if config.method == "fast" and config.labeling.merge not in ("weak", "seed") and \
+            config.seed_labels.fraction + config.labeling.budget > 1:
+        errs.append(f"seed_labels.fraction={config.seed_labels.fraction} + labeling.budget="
+                    f"{config.labeling.budget} exceed the whole training set; lower one of them")
+    if config.method == "active":
+        from fastjax.active.presets import config_errors
+
+        errs.extend(config_errors(config))
     if config.partition.num_clients < 1:
         errs.append(f"partition.num_clients={config.partition.num_clients} must be >= 1")
     if config.partition.scheme == "dirichlet" and not config.partition.alpha > 0:
@@ -158,4 +182,22 @@ def validate(config) -> None:
     except ValueError as e:
         errs.extend(str(e).splitlines()[1:])
     if errs:
-        raise ValueError("invalid config:\n  " + "\n  ".join(e.strip() for e in errs))
+        raise ValueError("invalid config: " + "; ".join(e.strip() for e in errs))
+
+
+def needs_encoder(config) -> bool:
+    """FAST labels with the encoder; the iterative loop needs it only for linear probing."""
+    return config.method == "fast" or config.model.name == "linear"
+
+
+def check_files(config) -> None:
+    """Files the run will need that can be found without decoding anything (the encoder
+    weights), so a missing one fails in seconds rather than after the dataset is read."""
+    if not needs_encoder(config):
+        return
+    from fastjax import encode
+
+    check = getattr(encode, "check_weights", None)
+    if check is not None:
+        e = config.encoder
+        check(e.name, checkpoint=e.checkpoint or None, variant=e.variant or None)

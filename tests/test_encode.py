@@ -302,3 +302,212 @@ def test_embed_bfloat16_close_to_float32():
     b = embed(enc, images, dtype="bfloat16", progress=False)
     assert b.dtype == np.float32
     np.testing.assert_allclose(a, b, atol=2e-2)
+
+
+# ---------------------------------------------------------------- damaged weights (issue 13)
+
+def _safetensors_file(path):
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.arange(4096, dtype=np.float32)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["garbage", "text", "truncated"])
+def test_damaged_safetensors_one_error_naming_the_file(tmp_path, damage):
+    d = tmp_path / "siglip"
+    d.mkdir()
+    f = _safetensors_file(d / "model.safetensors")
+    if damage == "garbage":
+        f.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "text":
+        f.write_text("<html>404 not found</html>")
+    else:
+        f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError) as e:
+        load_encoder("siglip", checkpoint=d)
+    msg = str(e.value)
+    assert f"cannot read encoder weights {f}" in msg and "\n" not in msg
+    assert "safetensors" in msg and "encoder.checkpoint" in msg
+    with pytest.raises(ValueError, match="cannot read encoder weights"):
+        core.read_safetensors(f)  # the reader the hf encoders share
+
+
+def _legacy_pth_bytes():
+    return _real_pth().read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_state_dict"])
+def test_damaged_pth_one_error_naming_the_file(tmp_path, damage):
+    import pickle
+
+    f = tmp_path / "weights.pth"
+    if damage == "garbage":
+        f.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "truncated":  # the shipped (legacy-layout) file, cut short
+        blob = _legacy_pth_bytes()
+        f.write_bytes(blob[:len(blob) // 2])
+    else:
+        f.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(ValueError) as e:
+        load_encoder("efficientnet_lite0", checkpoint=f)
+    msg = str(e.value)
+    assert f"cannot read encoder weights {f}" in msg and "\n" not in msg
+    assert "PyTorch .pth" in msg
+
+
+def test_truncated_zip_pth_names_the_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fastjax.encode.torch_pickle import load_pth
+
+    torch.save({"w": torch.ones(1000)}, tmp_path / "x.pth")
+    blob = (tmp_path / "x.pth").read_bytes()
+    for cut in (len(blob) // 3, len(blob) - 30):
+        (tmp_path / "cut.pth").write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match=f"cannot read encoder weights {tmp_path}/cut.pth"):
+            load_pth(tmp_path / "cut.pth")
+
+
+# ---------------------------------------------------------------- check_weights
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_check_weights_missing_raises_what_load_encoder_raises(name, tmp_path, monkeypatch):
+    from fastjax.encode import check_weights
+
+    monkeypatch.setenv(core.WEIGHTS_ENV, str(tmp_path / "weights"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as checked:
+        check_weights(name, checkpoint=tmp_path / "empty")
+    with pytest.raises(FileNotFoundError) as loaded:
+        load_encoder(name, checkpoint=tmp_path / "empty")
+    assert str(checked.value) == str(loaded.value)
+    assert "encoder.checkpoint" in str(checked.value)
+    assert f"${core.WEIGHTS_ENV}/{name}/" in str(checked.value)
+
+
+def test_check_weights_finds_without_reading_or_importing_torch(tmp_path):
+    """Garbage weights pass check_weights (it only resolves the path); load_encoder is
+    what reads them. torch, transformers and safetensors stay unimported."""
+    (tmp_path / "w" / "siglip" / "base-patch16-224").mkdir(parents=True)
+    (tmp_path / "w" / "siglip" / "base-patch16-224" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "dino").mkdir()
+    (tmp_path / "dino" / "flax_model.msgpack").write_bytes(b"x")
+    (tmp_path / "dino" / "config.json").write_text("{}")
+    code = f"""
+import sys
+from pathlib import Path
+from fastjax.encode import check_weights
+w = Path({str(tmp_path)!r})
+print(check_weights("siglip"))
+try:
+    check_weights("clip", checkpoint=w / "clip")
+except FileNotFoundError as e:
+    print("clip:", e)
+print(check_weights("dinov2", checkpoint=w / "dino"))
+try:
+    check_weights("siglip", variant="huge-patch99")
+except ValueError as e:
+    print("variant:", e)
+print(sorted(m for m in ("torch", "transformers", "safetensors") if m in sys.modules))
+"""
+    env = {**__import__("os").environ, core.WEIGHTS_ENV: str(tmp_path / "w")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(tmp_path / "w" / "siglip" / "base-patch16-224" / "model.safetensors")
+    assert lines[1].startswith(f"clip: no config.json next to {tmp_path / 'clip'}")
+    assert lines[2] == str(tmp_path / "dino" / "flax_model.msgpack")
+    assert lines[3].startswith("variant: siglip: unknown variant 'huge-patch99'")
+    assert lines[4] == "[]"
+
+
+def test_check_weights_default_efficientnet_is_the_wheels_file():
+    from fastjax.encode import check_weights
+
+    assert check_weights("efficientnet_lite0") == _real_pth()
+    with pytest.raises(ValueError, match="allowed"):
+        check_weights("vit-huge")
+
+
+# ---------------------------------------------------------------- cache robustness (issue 13)
+
+@pytest.mark.parametrize("which,damage", [("npy", "truncate"), ("json", "truncate"),
+                                          ("npy", "empty"), ("json", "empty"),
+                                          ("json", "not_an_object")])
+def test_damaged_cache_entry_is_a_miss_and_rewritten(tmp_path, which, damage):
+    enc = _toy_encoder()
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    key = {"dataset": "toy", "split": "train"}
+    z = embed(enc, images, batch_size=4, cache_dir=tmp_path, cache_key=key, progress=False)
+    (f,) = tmp_path.glob(f"toy-*.{which}")
+    blob = f.read_bytes()
+    f.write_bytes({"truncate": blob[:len(blob) // 2], "empty": b"",
+                   "not_an_object": b"[1, 2]"}[damage])
+    with pytest.warns(UserWarning, match=f"damaged embedding cache entry .*{f.stem}"):
+        z2, stats = embed(enc, images, batch_size=4, cache_dir=tmp_path, cache_key=key,
+                          progress=False, return_stats=True)
+    assert not stats["cached"]  # recomputed
+    np.testing.assert_array_equal(z2, z)
+    _, stats3 = embed(enc, images, batch_size=4, cache_dir=tmp_path, cache_key=key,
+                      progress=False, return_stats=True)
+    assert stats3["cached"]  # and rewritten whole
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]  # no tmp left
+
+
+def test_unwritable_cache_dir_warns_before_computing_and_runs_uncached(tmp_path):
+    import warnings
+
+    import jax.numpy as jnp
+
+    (tmp_path / "a_file").write_text("")
+    cache_dir = tmp_path / "a_file" / "emb"  # cannot be created, even by root
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def apply(params, x):
+            seen.append(len(caught))  # warnings already given when the encoder first runs
+            return jnp.mean(x, axis=(1, 2))
+
+        enc = core.Encoder(name="toy2", dim=3, image_size=4, mean=(0.5,) * 3,
+                           std=(0.5,) * 3, params={}, apply=apply, digest="1" * 16)
+        images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+        z, stats = embed(enc, images, batch_size=4, cache_dir=cache_dir,
+                         cache_key={"dataset": "toy"}, progress=False, return_stats=True)
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and f"{cache_dir} is not writable" in msgs[0], msgs
+    assert "encoder.cache_dir" in msgs[0]
+    assert seen == [1] and not stats["cached"] and "path" not in stats
+    np.testing.assert_allclose(z, np.asarray(preprocess(enc, images)).mean(axis=(1, 2)),
+                               atol=1e-6)
+
+
+def test_failed_cache_write_leaves_no_torn_entry(tmp_path, monkeypatch):
+    """A full disk while writing the .json: the embeddings are returned, and no partial
+    file sits where a later run would read it."""
+    embed_module = sys.modules["fastjax.encode.embed"]  # the name `embed` is the function
+    real = embed_module._replace_atomically
+
+    def disk_full_on_json(path, write):
+        if path.suffix == ".json":
+            def partial(f):
+                f.write(b'{"meta": {"ver')
+                raise OSError(28, "No space left on device")
+            return real(path, partial)
+        return real(path, write)
+
+    monkeypatch.setattr(embed_module, "_replace_atomically", disk_full_on_json)
+    enc = _toy_encoder()
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    key = {"dataset": "toy"}
+    with pytest.warns(UserWarning, match="could not write the embedding cache entry"):
+        z = embed(enc, images, cache_dir=tmp_path, cache_key=key, progress=False)
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    z2, stats = embed(enc, images, cache_dir=tmp_path, cache_key=key, progress=False,
+                      return_stats=True)
+    assert not stats["cached"]
+    np.testing.assert_array_equal(z, z2)

@@ -13,6 +13,7 @@ import pytest
 
 from fastjax import config as config_lib
 from fastjax import main as fast_main
+from fastjax.methods import common
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_offline_assets = pytest.mark.skipif(
@@ -43,6 +44,9 @@ def _small(tmp_path, **over):
     c.train.lr = 0.05
     c.train.checkpoint_every = 2
     for k, v in over.items():
+        if "__" not in k:
+            setattr(c, k, v)
+            continue
         sect, key = k.split("__")
         setattr(getattr(c, sect), key, v)
     c.lock()
@@ -69,6 +73,11 @@ def test_fast_job_end_to_end_and_resume(tmp_path):
     assert s2["final_accuracy"] == s["final_accuracy"]
     rounds = [json.loads(l)["round"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4]
+    # Another run's config in the same directory is refused before any compute.
+    other = _small(tmp_path, data__name="fashion_mnist", seed_labels__fraction=0.2)
+    with pytest.raises(ValueError, match=r"data\.name: 'mnist' -> 'fashion_mnist'.*seed_labels\.fraction"):
+        fast_main.run(other, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["name"] == "mnist"
 
 
 @needs_offline_assets
@@ -89,6 +98,12 @@ def test_fast_job_pixels_cnn4_central_labeling(tmp_path):
     ({"train__aggregator": "fedprox"}, "prox_mu"),
     ({"partition__alpha": 0.0}, "alpha"),
     ({"model__name": "vit"}, "model.name"),
+    ({"train__lr_decay": -0.5}, "train.lr_decay"),
+    ({"train__lr_decay_every": -2}, "train.lr_decay_every"),
+    ({"train__weight_decay": -1e-4}, "train.weight_decay"),
+    ({"train__eval_batch_size": 0}, "train.eval_batch_size"),
+    ({"seed": -1}, "seed=-1"),
+    ({"seed_labels__fraction": 0.5, "labeling__budget": 0.6}, "seed_labels.fraction=0.5 \\+ labeling.budget=0.6"),
 ])
 def test_config_errors_before_compute(tmp_path, over, msg):
     with pytest.raises(ValueError, match=msg):
@@ -106,12 +121,42 @@ def test_every_config_file_is_valid():
         assert "python -m fastjax.main --config configs/" in mod.__doc__
 
 
-def test_cli_refuses_unknown_key(tmp_path):
+def test_winograd_is_accepted(tmp_path):
+    config_lib.validate(_small(tmp_path, model__name="cnn4", model__conv_impl="winograd"))
+
+
+@pytest.mark.parametrize("arg,msg", [("--config.train.roundz=3", 'Did you mean "rounds"'),
+                                     ("--config.train.rounds=abc", "train.rounds"),
+                                     ("--config.train.lr_decay=-1", "train.lr_decay")])
+def test_cli_errors_are_one_line(tmp_path, arg, msg):
     out = subprocess.run([sys.executable, "-m", "fastjax.main", "--config", "configs/demo.py",
-                          f"--workdir={tmp_path}", "--config.train.roundz=3"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0
-    assert "roundz" in out.stderr
+                          f"--workdir={tmp_path}", arg], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("fastjax: error:") and msg in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_ctrl_c_exits_130_without_traceback(tiny_folder, tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "fastjax.main", "--config", "configs/cifar10_active.py",
+           f"--workdir={tmp_path}", "--progress=false", "--config.data.name=imagefolder",
+           f"--config.data.root={tiny_folder}", "--config.partition.scheme=iid",
+           "--config.partition.num_clients=2", "--config.train.rounds=50", "--config.train.local_steps=1",
+           "--config.train.batch_size=8", "--config.active.rounds=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # wait until training has started
+        seen.append(line)
+        if "AL round 1/1" in line:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest and "fastjax: error: interrupted" in rest
 
 
 def test_subset_is_stratified():
@@ -119,5 +164,14 @@ def test_subset_is_stratified():
 
     labels = np.repeat(np.arange(4), [50, 30, 15, 5])
     ds = Dataset("x", "train", np.zeros((100, 2, 2, 1), np.uint8), labels, ("a", "b", "c", "d"))
-    sub = fast_main._subset(ds, 20, 0)
+    sub = common.subset(ds, 20, 0)
     assert np.bincount(sub.labels, minlength=4).tolist() == [5, 5, 5, 5]
+
+
+def test_missing_weights_fail_before_the_dataset_is_read(tmp_path):
+    # No dataset at data.root either: the weights must be what the error names.
+    cfg = _small(tmp_path, encoder__checkpoint=str(tmp_path / "no-weights"), data__name="cifar10",
+                 data__root=str(tmp_path / "no-data"))
+    with pytest.raises(FileNotFoundError, match="encoder.checkpoint|FASTJAX_WEIGHTS"):
+        fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written before the check

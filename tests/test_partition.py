@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from fastjax.partition import (PARTITIONS, Oracle, format_table, make_partition,
                                partition_report, split_seed, write_report)
 from fastjax.partition.schemes import balanced_dirichlet_matrix
+from fastjax.partition.types import Partition
 from fastjax.partition.seed import balanced_counts
 
 C = 10
@@ -217,3 +219,45 @@ def test_split_seed_bad_mode():
     p = make_partition("iid", Y, 2, seed=0)
     with pytest.raises(ValueError, match="balanced"):
         split_seed(p, Y, 0.1, mode="stratified")
+
+
+def _many_small_clients(k=600, per=10, classes=3):
+    """k clients of `per` samples each, every client holding `classes` classes."""
+    y = np.tile(np.arange(per) % classes, k)
+    return Partition("hand", tuple(np.arange(i * per, (i + 1) * per) for i in range(k))), y
+
+
+def test_split_seed_warns_once_for_many_clients_and_states_effective_fraction():
+    """Issue 13, item 14: 600 clients gave 364 warnings and a silently inflated seed."""
+    p, y = _many_small_clients()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pools, _ = split_seed(p, y, 0.01, seed=0)
+    # Reference by hand: round(0.01 * 10) = 0 -> the minimum of one label per client, so
+    # 600 labels of 6,000 samples = 10%, and every client misses 2 of its 3 classes.
+    assert [q.labeled_idx.size for q in pools] == [1] * 600
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 2, msgs
+    assert msgs[0].startswith("600 of 600 clients have a labeled seed that misses classes")
+    assert re.search(r"client 0's seed of 1 lacks classes \[\d, \d\]; client 1's", msgs[0])
+    assert msgs[1].startswith("seed fraction 0.01 gives 600 labels = 10.0% of the 6,000 "
+                              "samples, not 1%")
+    assert "600 of the 600 clients" in msgs[1]
+
+
+def test_split_seed_no_inflation_warning_when_the_fraction_sets_the_size():
+    # 10 clients of 300 samples at 1%: 3 labels each, one per class; nothing to report.
+    p, y = _many_small_clients(k=10, per=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pools, _ = split_seed(p, y, 0.01, seed=0)
+    assert sum(q.labeled_idx.size for q in pools) == 30
+    # A few floored clients among large ones change the total by < 10%: still quiet.
+    sizes = [1000] * 20 + [10]
+    y = np.arange(sum(sizes)) % 2
+    starts = np.cumsum([0] + sizes)
+    p = Partition("hand", tuple(np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split_seed(p, y, 0.01, seed=0)
+    assert not any("rounds to none" in str(w.message) for w in caught)

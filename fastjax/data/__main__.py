@@ -5,27 +5,68 @@
         [--seed-fraction 0.01]
 
 writes runs/part/partition.json (per-client class counts under `class_counts`) and
-runs/part/partition.png (clients x classes heatmap).
+runs/part/partition.png (clients x classes heatmap). Bad options fail before any data is
+read with one line `fastjax: error: ...` and exit code 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import math
+import pathlib
 import sys
+import tempfile
 import time
 import warnings
 
 import numpy as np
 
-from fastjax.data import DATASETS, load_dataset
+from fastjax.data import DATASETS, DatasetCorruptError, DatasetNotFoundError, load_dataset
 from fastjax.partition import (PARTITIONS, format_table, make_partition, partition_report,
                                split_seed, write_report)
 from fastjax.partition.seed import SEED_MODES
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fastjax.data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, as the main job prints its errors (argparse would add the usage)."""
+        print(f"fastjax: error: {message} (see python -m fastjax.data --help)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Range checks that need no data; the rest (e.g. --clients above N) after loading."""
+    if a.clients < 1:
+        p.error(f"--clients must be >= 1, got {a.clients}")
+    if not (math.isfinite(a.alpha) and a.alpha > 0):
+        p.error(f"--alpha must be > 0 (smaller = more skewed, e.g. 0.1), got {a.alpha}")
+    if a.classes_per_client < 1:
+        p.error(f"--classes-per-client must be >= 1, got {a.classes_per_client}")
+    if a.min_size is not None and a.min_size < 1:
+        p.error(f"--min-size must be >= 1, got {a.min_size}")
+    if a.seed < 0:
+        p.error(f"--seed must be >= 0, got {a.seed}")
+    if a.seed_fraction is not None and not 0 < a.seed_fraction <= 1:
+        p.error(f"--seed-fraction must be in (0, 1] (e.g. 0.01 for 1%), got {a.seed_fraction}")
+    accepts = inspect.signature(DATASETS[a.dataset]).parameters
+    for flag, key, given in (("--path", "path", a.path is not None),
+                             ("--download", "download", a.download)):
+        if given and key not in accepts:
+            takes = sorted(n for n, f in DATASETS.items()
+                           if key in inspect.signature(f).parameters)
+            p.error(f"{flag} does not apply to --dataset {a.dataset}; it is for {takes}")
+    try:  # a report that cannot be written should not wait for the dataset's decode
+        pathlib.Path(a.out).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=a.out).close()
+    except OSError as e:
+        p.error(f"--out {a.out} is not a writable directory ({e.strerror or e})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m fastjax.data", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--partition", default="dirichlet", choices=sorted(PARTITIONS))
     p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration")
@@ -42,11 +83,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed-fraction", type=float, default=None,
                    help="also draw the labeled seed (e.g. 0.01) and report its size")
     p.add_argument("--seed-mode", default="balanced", choices=SEED_MODES)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    a = p.parse_args(argv)
+    _check(p, a)
+    return a
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    try:
+        return _run(a)
+    except KeyboardInterrupt:
+        print("fastjax: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except (DatasetNotFoundError, DatasetCorruptError, ValueError, OSError) as e:
+        print(f"fastjax: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
     options = {}
     if a.path is not None:
         options["path"] = a.path

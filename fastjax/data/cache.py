@@ -18,8 +18,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-# Bump when a reader's output changes for the same source files.
-FORMAT_VERSION = 1
+# Bump when a reader's output changes for the same source files. 2: archives and release
+# sizes are verified before caching; entries of version 1 may hold a partial split.
+FORMAT_VERSION = 2
 
 
 def cache_dir() -> pathlib.Path:

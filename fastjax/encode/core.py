@@ -157,18 +157,30 @@ def check_params(expected: dict, got: dict, what: str) -> None:
                          + "\n  ".join(problems))
 
 
+def unreadable(path, kind: str, error: BaseException) -> ValueError:
+    """The one-line error for a weights file that exists but cannot be decoded."""
+    return ValueError(
+        f"cannot read encoder weights {path}: {type(error).__name__}: {error}. It is "
+        f"truncated, damaged or not a {kind} file; fetch it again, or point the config key "
+        f"`encoder.checkpoint` (or ${WEIGHTS_ENV}) at intact weights")
+
+
 def read_safetensors(path) -> dict[str, np.ndarray]:
     """A safetensors file as numpy; bfloat16 tensors (numpy has none) come back as float32."""
     from safetensors.numpy import load_file
 
     try:
-        return load_file(str(path))
-    except (TypeError, ValueError):
-        from safetensors import safe_open
+        try:
+            return load_file(str(path))
+        except (TypeError, ValueError):
+            from safetensors import safe_open
 
-        out = {}
-        with safe_open(str(path), framework="flax") as f:
-            for k in f.keys():
-                v = f.get_tensor(k)
-                out[k] = np.asarray(v.astype("float32") if v.dtype.name == "bfloat16" else v)
-        return out
+            out = {}
+            with safe_open(str(path), framework="flax") as f:
+                for k in f.keys():
+                    v = f.get_tensor(k)
+                    out[k] = np.asarray(v.astype("float32") if v.dtype.name == "bfloat16"
+                                        else v)
+            return out
+    except Exception as e:  # safetensors raises its own SafetensorError on a bad header
+        raise unreadable(path, "safetensors", e) from e

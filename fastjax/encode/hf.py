@@ -17,6 +17,18 @@ import numpy as np
 from fastjax.encode import core
 
 
+def locate(name: str, checkpoint=None, variant=None) -> Path:
+    """The weights file ``load_<name>`` would read, with its config.json beside it.
+
+    Nothing is read; fails as the loaders do (`FileNotFoundError` naming the places).
+    """
+    weights = core.find_checkpoint(name, checkpoint, variant, _accept)
+    if not (weights.parent / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json next to {weights}: copy it from the checkpoint "
+                                f"(set `encoder.checkpoint` to the whole directory)")
+    return weights
+
+
 def _accept(path: Path):
     if path.is_file() and path.name.endswith((".safetensors", ".msgpack")):
         return path
@@ -65,8 +77,13 @@ def _load_variables(weights: Path, module, base_prefix: str, dummy, drop_prefixe
     abstract = dict(abstract)
     has_stats = "batch_stats" in abstract
     if weights.name.endswith(".msgpack"):
-        with open(weights, "rb") as f:
-            state = msgpack_restore(f.read())
+        try:
+            with open(weights, "rb") as f:
+                state = msgpack_restore(f.read())
+            if not isinstance(state, dict):
+                raise TypeError(f"it holds a {type(state).__name__}, not a parameter tree")
+        except Exception as e:  # msgpack raises its own types on bad bytes
+            raise core.unreadable(weights, "Flax msgpack", e) from e
         params = state.get("params", state) if has_stats else state
         if base_prefix in params and base_prefix not in abstract["params"]:
             params = params[base_prefix]  # a checkpoint of the model with a head
@@ -96,12 +113,14 @@ def _load_variables(weights: Path, module, base_prefix: str, dummy, drop_prefixe
 
 
 def _config(weights: Path, config_cls, sub: str | None):
-    path = weights.parent / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json next to {weights}: copy it from the checkpoint "
-                                f"(set `encoder.checkpoint` to the whole directory)")
-    with open(path) as f:
-        d = json.load(f)
+    path = weights.parent / "config.json"  # present: `locate` checked
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise TypeError(f"it holds a {type(d).__name__}, not an object")
+    except (ValueError, TypeError) as e:
+        raise core.unreadable(path, "JSON config", e) from e
     if sub and sub in d:
         d = d[sub]
     d.pop("model_type", None)
@@ -114,7 +133,7 @@ def load_clip(checkpoint=None, variant=None, dtype="float32", output="pooler_out
 
     if output not in ("pooler_output", "image_embeds"):
         raise ValueError(f"clip: output={output!r}; allowed: 'pooler_output', 'image_embeds'")
-    weights = core.find_checkpoint("clip", checkpoint, variant, _accept)
+    weights = locate("clip", checkpoint, variant)
     # transformers is slow to import: only once weights are known to exist.
     from transformers import CLIPVisionConfig
     from transformers.models.clip.modeling_flax_clip import FlaxCLIPVisionModule
@@ -157,7 +176,7 @@ def load_dinov2(checkpoint=None, variant=None, dtype="float32", image_size=224):
     """
     import jax.numpy as jnp
 
-    weights = core.find_checkpoint("dinov2", checkpoint, variant, _accept)
+    weights = locate("dinov2", checkpoint, variant)
     # transformers is slow to import: only once weights are known to exist.
     from transformers import Dinov2Config
     from transformers.models.dinov2.modeling_flax_dinov2 import FlaxDinov2Module
@@ -182,7 +201,7 @@ def load_resnet50(checkpoint=None, variant=None, dtype="float32"):
     """ResNet (microsoft/resnet-50 layout): globally pooled last-stage features (2048-d)."""
     import jax.numpy as jnp
 
-    weights = core.find_checkpoint("resnet50", checkpoint, variant, _accept)
+    weights = locate("resnet50", checkpoint, variant)
     # transformers is slow to import: only once weights are known to exist.
     from transformers import ResNetConfig
     from transformers.models.resnet.modeling_flax_resnet import FlaxResNetModule

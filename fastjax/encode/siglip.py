@@ -235,22 +235,30 @@ def read_config(weights: Path, variant: str | None, cls_from_dict, presets: dict
     """config.json beside the weights wins; else the named preset; else fail."""
     cfg_path = weights.parent / "config.json"
     if cfg_path.is_file():
-        with open(cfg_path) as f:
-            return cls_from_dict(json.load(f)), [cfg_path]
+        try:
+            with open(cfg_path) as f:
+                return cls_from_dict(json.load(f)), [cfg_path]
+        except (ValueError, TypeError, AttributeError) as e:  # not JSON, or not an object
+            raise core.unreadable(cfg_path, "JSON config", e) from e
     if variant in presets:
         return presets[variant], []
     raise ValueError(f"{name}: no config.json next to {weights} and variant {variant!r} is not "
                      f"a preset (allowed: {sorted(presets)})")
 
 
+def locate(checkpoint=None, variant=None) -> Path:
+    """The weights file `load` would read (nothing is read); fails as `load` does."""
+    if variant is not None and variant not in PRESETS:
+        raise ValueError(f"siglip: unknown variant {variant!r} (allowed: {sorted(PRESETS)})")
+    return core.find_checkpoint("siglip", checkpoint, variant or DEFAULT_VARIANT,
+                                accept_safetensors)
+
+
 def load(checkpoint=None, variant=None, dtype="float32") -> core.Encoder:
     """Load a SigLIP vision tower from a local HF checkpoint (no hub access)."""
     import jax.numpy as jnp
 
-    if variant is not None and variant not in PRESETS:
-        raise ValueError(f"siglip: unknown variant {variant!r} (allowed: {sorted(PRESETS)})")
-    weights = core.find_checkpoint("siglip", checkpoint, variant or DEFAULT_VARIANT,
-                                  accept_safetensors)
+    weights = locate(checkpoint, variant)
     cfg, cfg_files = read_config(weights, variant or DEFAULT_VARIANT, SiglipVisionConfig.from_dict,
                                  PRESETS, "siglip")
     params = convert_state_dict(core.read_safetensors(weights), cfg)

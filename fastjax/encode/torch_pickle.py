@@ -145,13 +145,27 @@ def _load_legacy(path: Path) -> dict:
             s = storages[str(key)]
             (numel,) = struct.unpack("<q", f.read(8))
             nbytes = numel * s.dtype.itemsize
-            s.array = np.frombuffer(f.read(nbytes), dtype=s.dtype, count=numel)
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise EOFError(f"storage {key}: {len(data):,} of {nbytes:,} bytes")
+            s.array = np.frombuffer(data, dtype=s.dtype, count=numel)
     return _materialize(obj)
 
 
 def load_pth(path) -> dict[str, np.ndarray]:
-    """Load a PyTorch state dict (``{name: tensor}``) as ``{name: np.ndarray}``."""
+    """Load a PyTorch state dict (``{name: tensor}``) as ``{name: np.ndarray}``.
+
+    A file that is not one (damaged, truncated, another format) raises one ValueError
+    naming it.
+    """
+    from fastjax.encode.core import unreadable
+
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        return _load_zip(path)
-    return _load_legacy(path)
+    try:
+        sd = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    except Exception as e:  # pickle alone raises half a dozen types on bad bytes
+        raise unreadable(path, "PyTorch .pth", e) from e
+    if not isinstance(sd, dict):
+        raise unreadable(path, "PyTorch .pth", TypeError(
+            f"it holds a {type(sd).__name__}, not a state dict"))
+    return sd

@@ -9,7 +9,6 @@ checkpoint of round r ends with the same state as one that never stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastjax.federate import aggregators, execution, local
+from fastjax.federate import aggregators, checkpoints, execution, local
 
 MIB = 1024.0 * 1024.0
 
@@ -39,14 +38,16 @@ class ClientArrays:
         return int(self.x.shape[0])
 
 
-def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> ClientArrays:
+def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], capacity: int = 0) -> ClientArrays:
+    """Pads every client to the largest one (or to `capacity`, when given, so that calls
+    with growing labeled sets keep one static shape and one compiled round)."""
     if len(xs) != len(ys) or not xs:
         raise ValueError(f"need one (x, y) pair per client, got {len(xs)} x and {len(ys)} y")
     n = np.array([len(x) for x in xs], dtype=np.int32)
     for k, (x, y) in enumerate(zip(xs, ys)):
         if len(y) != len(x):
             raise ValueError(f"client {k}: {len(x)} samples but {len(y)} labels")
-    max_n = max(int(n.max()), 1)
+    max_n = max(int(n.max()), 1, int(capacity))
     shape = xs[0].shape[1:]
     x_out = np.zeros((len(xs), max_n) + shape, dtype=xs[0].dtype)
     y_out = np.zeros((len(xs), max_n), dtype=np.int32)
@@ -69,6 +70,8 @@ class TrainSpec:
     weight_decay: float = 1e-4
     lr_decay: float = 1.0  # step decay: lr * lr_decay ** (round // lr_decay_every)
     lr_decay_every: int = 0
+    lr_drop_at: float = 0.0  # > 0: lr * lr_drop_factor once the 0-indexed round > int(lr_drop_at * rounds) (LoGo: 0.75)
+    lr_drop_factor: float = 0.1
     aggregator: str = "fedavg"
     prox_mu: float = 0.0
     participation: float = 1.0
@@ -90,6 +93,20 @@ class TrainSpec:
             errs.append(f"train.batch_size={self.batch_size} must be >= 1")
         if not self.lr > 0:
             errs.append(f"train.lr={self.lr} must be > 0")
+        if not 0 < self.lr_decay <= 1:
+            errs.append(f"train.lr_decay={self.lr_decay} must be in (0, 1] (1 = constant learning rate)")
+        if self.lr_decay_every < 0:
+            errs.append(f"train.lr_decay_every={self.lr_decay_every} must be >= 0 (0 = never)")
+        if not 0 <= self.lr_drop_at < 1:
+            errs.append(f"train.lr_drop_at={self.lr_drop_at} must be in [0, 1) (0 = no drop; LoGo: 0.75)")
+        if not 0 < self.lr_drop_factor <= 1:
+            errs.append(f"train.lr_drop_factor={self.lr_drop_factor} must be in (0, 1]")
+        if self.weight_decay < 0:
+            errs.append(f"train.weight_decay={self.weight_decay} must be >= 0")
+        if self.eval_batch_size < 1:
+            errs.append(f"train.eval_batch_size={self.eval_batch_size} must be >= 1")
+        if self.seed < 0:
+            errs.append(f"seed={self.seed} must be >= 0")
         if not 0 <= self.momentum < 1:
             errs.append(f"train.momentum={self.momentum} must be in [0, 1)")
         if self.aggregator not in aggregators.AGGREGATORS:
@@ -109,9 +126,13 @@ class TrainSpec:
         return self
 
     def learning_rate(self, round_: int) -> float:
+        """The learning rate of 0-indexed round `round_`."""
+        lr = self.lr
         if self.lr_decay_every:
-            return self.lr * self.lr_decay ** (round_ // self.lr_decay_every)
-        return self.lr
+            lr *= self.lr_decay ** (round_ // self.lr_decay_every)
+        if self.lr_drop_at and round_ > int(self.lr_drop_at * self.rounds):
+            lr *= self.lr_drop_factor
+        return lr
 
 
 def state_bytes(variables) -> int:
@@ -191,24 +212,48 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     return jax.jit(round_fn)
 
 
+def _batched(apply: Callable, x: np.ndarray, batch_size: int):
+    """apply(xb) over x in fixed-size batches (the last one zero-padded to the same static
+    shape: one compile), outputs concatenated on the host."""
+    outs = []
+    # Batch sizes bucketed to powers of two below batch_size: few compiles for many sizes.
+    bs = max(1, min(batch_size, 1 << max(len(x) - 1, 0).bit_length()))
+    for start in range(0, len(x), bs):
+        xb = x[start : start + bs]
+        real = len(xb)
+        if real < bs:
+            xb = np.concatenate([xb, np.zeros((bs - real,) + xb.shape[1:], xb.dtype)])
+        outs.append(jax.tree.map(lambda o: np.asarray(o)[:real], apply(xb)))
+    return jax.tree.map(lambda *o: np.concatenate(o), *outs)
+
+
 def make_eval_fn(model, preprocess: Callable):
     @jax.jit
     def predict(variables, xb):
         return jnp.argmax(model.apply(variables, preprocess(xb), train=False), axis=-1)
 
     def evaluate(variables, x: np.ndarray, batch_size: int) -> np.ndarray:
-        """Predicted labels for all of x (the last batch padded to a static shape)."""
-        preds = []
-        bs = min(batch_size, len(x))
-        for start in range(0, len(x), bs):
-            xb = x[start : start + bs]
-            real = len(xb)
-            if real < bs:
-                xb = np.concatenate([xb, np.zeros((bs - real,) + xb.shape[1:], xb.dtype)])
-            preds.append(np.asarray(predict(variables, xb))[:real])
-        return np.concatenate(preds)
+        """Predicted labels for all of x."""
+        return _batched(lambda xb: predict(variables, xb), x, batch_size)
 
     return evaluate
+
+
+def make_features_fn(model, preprocess: Callable):
+    """features(variables, x, batch_size) -> (softmax probabilities (n, C), penultimate
+    features (n, d)) of the model in eval mode, as numpy (what query strategies read)."""
+    @jax.jit
+    def forward(variables, xb):
+        logits, h = model.apply(variables, preprocess(xb), train=False, outputs="features")
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), h.astype(jnp.float32)
+
+    def features(variables, x: np.ndarray, batch_size: int):
+        if len(x) == 0:
+            c = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+            return np.zeros((0,) + c[0].shape[1:], np.float32), np.zeros((0,) + c[1].shape[1:], np.float32)
+        return _batched(lambda xb: forward(variables, xb), x, batch_size)
+
+    return features
 
 
 @dataclasses.dataclass
@@ -223,6 +268,8 @@ class FitResult:
 def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.ndarray,
         spec: TrainSpec, preprocess: Callable, *, workdir: str | os.PathLike | None = None,
         client_test: Sequence[np.ndarray] | None = None, extra_comm_bytes: int = 0,
+        round_offset: int = 0, comm_offset_mib: float = 0.0, row_extra: dict | None = None,
+        round_fn: Callable | None = None, evaluate: Callable | None = None,
         progress: bool = True, mesh=None, log: Callable[[str], None] = print) -> FitResult:
     """Train `model` federatedly from `variables`; resumes from `workdir` checkpoints.
 
@@ -230,6 +277,14 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     (orbax, every spec.checkpoint_every rounds and at the end) and accuracy.png.
     extra_comm_bytes: one-off bytes sent before training (e.g. shared embeddings),
     added to the communication count of round 1.
+
+    Several fits can share one work directory as consecutive segments of one run (the
+    iterative active-learning loop): rounds are numbered round_offset + 1 ...
+    round_offset + spec.rounds (their PRNG keys and client selection follow that global
+    number; the learning-rate schedule follows the local one), only checkpoints after
+    round_offset are resumed from, communication continues from comm_offset_mib, and
+    row_extra is added to every metrics row. Passing the `round_fn` (make_round_fn) and
+    `evaluate` (make_eval_fn) of an earlier segment reuses their compiled code.
     """
     spec.validate()
     k = clients.num_clients
@@ -241,27 +296,35 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
 
     x_dev, y_dev = jnp.asarray(clients.x), jnp.asarray(clients.y)
     n_all = clients.n
-    round_fn = make_round_fn(model, spec, preprocess, mesh)
-    evaluate = make_eval_fn(model, preprocess)
+    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh)
+    evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
+    first, last_round = round_offset + 1, round_offset + spec.rounds
 
     workdir = Path(workdir) if workdir is not None else None
     history: list[dict] = []
-    start_round = 1
-    ckpt = None
+    start_round = first
+    ckpt = metrics = None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpoints(workdir / "checkpoints")
-        restored = ckpt.restore(variables)
-        if restored is not None:
-            variables, last = restored
-            history = _read_history(workdir / "metrics.jsonl", last)
-            start_round = last + 1
-            log(f"resumed from the checkpoint of round {last}")
-    comm = history[-1]["comm_mib"] if history else extra_comm_bytes / MIB
+        ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
+        metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
+        step = ckpt.validate(log)
+        resumed_at = round_offset
+        if step is not None and step > round_offset:
+            if step > last_round:
+                raise ValueError(f"{workdir} holds a checkpoint of round {step}, beyond the "
+                                 f"{last_round} rounds asked for; raise train.rounds or start afresh")
+            variables = ckpt.restore(step, variables)
+            resumed_at = step
+            log(f"resumed from the checkpoint of round {step}")
+        # Rows after the state being resumed are redone: drop them (and a torn last line).
+        rows = metrics.truncate(resumed_at)
+        history = [r for r in rows if r["round"] > round_offset]
+        start_round = resumed_at + 1
+    comm = history[-1]["comm_mib"] if history else comm_offset_mib + extra_comm_bytes / MIB
     t_train = time.perf_counter()
-    bar = _progress(range(start_round, spec.rounds + 1), progress, spec.rounds, start_round - 1)
-    last_good = start_round - 1
+    bar = _progress(range(start_round, last_round + 1), progress, spec.rounds, start_round - first)
     for r in bar:
         t0 = time.perf_counter()
         sel = select_clients(k, spec.participation, spec.seed, r)
@@ -275,25 +338,25 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         else:
             rows_dev = jnp.asarray(rows)
             args = (x_dev[rows_dev], y_dev[rows_dev])
+        lr = spec.learning_rate(r - first)
         new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r),
-                                   jnp.asarray(rows, jnp.int32), spec.learning_rate(r - 1),
-                                   round_key(spec.seed, r))
+                                   jnp.asarray(rows, jnp.int32), lr, round_key(spec.seed, r))
         losses = np.asarray(stats["loss"])
         real = n_r > 0
         if not np.all(np.isfinite(losses[real])):
             pos = int(np.flatnonzero(~np.isfinite(losses) & real)[0])
+            good = ckpt.latest() if ckpt is not None else None
             raise FloatingPointError(
                 f"round {r}: client {int(rows[pos])} produced a non-finite loss ({losses[pos]}); "
-                + (f"stopping. The last good checkpoint is round {ckpt.latest()} in {workdir}; "
-                   if ckpt else f"stopping after round {last_good}, the last good one; ")
+                + (f"stopping. The last good checkpoint is round {good} in {workdir}; "
+                   if good is not None else f"stopping after round {r - 1}, the last good one; ")
                 + "lower train.lr or check the data")
         variables = new_vars
-        last_good = r
         m = int(np.sum(real))
         comm += 2 * m * bytes_per_client / MIB
-        rec = {"round": r, "loss": float(np.average(losses[real], weights=n_r[real])),
-               "lr": spec.learning_rate(r - 1), "clients": m, "comm_mib": comm}
-        if r % spec.eval_every == 0 or r == spec.rounds:
+        rec = {"round": r, **(row_extra or {}), "loss": float(np.average(losses[real], weights=n_r[real])),
+               "lr": lr, "clients": m, "comm_mib": comm}
+        if (r - round_offset) % spec.eval_every == 0 or r == last_round:
             pred = evaluate(variables, test_x, spec.eval_batch_size)
             rec["accuracy"] = float(np.mean(pred == test_y))
             if client_test is not None:
@@ -302,9 +365,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         rec["seconds"] = time.perf_counter() - t0
         history.append(rec)
         if workdir is not None:
-            with open(workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if (spec.checkpoint_every and r % spec.checkpoint_every == 0) or r == spec.rounds:
+            metrics.append(rec)
+            if (spec.checkpoint_every and (r - round_offset) % spec.checkpoint_every == 0) or r == last_round:
                 ckpt.save(r, variables)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('accuracy', float('nan')):.3f}",
@@ -313,47 +375,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     if ckpt is not None:
         ckpt.close()
     if workdir is not None and history:
-        plot_history(history, workdir / "accuracy.png")
+        plot_history(metrics.read(), workdir / "accuracy.png")
     return FitResult(variables, history, comm, waste, train_seconds)
-
-
-class Checkpoints:
-    """Orbax checkpoints of the global variables, keyed by round (synchronous, so an
-    interrupted run never leaves a half-written latest checkpoint behind)."""
-
-    def __init__(self, directory: Path):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self._mgr = ocp.CheckpointManager(
-            directory.resolve(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
-
-    def latest(self):
-        return self._mgr.latest_step()
-
-    def save(self, round_: int, variables):
-        self._mgr.save(round_, args=self._ocp.args.StandardSave(variables), force=True)
-        self._mgr.wait_until_finished()
-
-    def restore(self, like):
-        step = self._mgr.latest_step()
-        if step is None:
-            return None
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
-        return self._mgr.restore(step, args=self._ocp.args.StandardRestore(abstract)), int(step)
-
-    def close(self):
-        self._mgr.close()
-
-
-def _read_history(path: Path, last_round: int) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["round"] <= last_round]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop rounds after the checkpoint
-    return rows
 
 
 def _progress(it, enabled: bool, total: int, initial: int):

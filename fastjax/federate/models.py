@@ -7,8 +7,12 @@ GPU alike; `lax.conv` with vmapped per-client weights lowers to a grouped convol
 that was ~8x slower on CPU here (benchmarks/RESULTS.md). `conv_impl="lax"` keeps the
 library convolution for comparison; both give the same numbers to float tolerance.
 
-Every model takes `(x, train, mask)`; `mask` (B,) marks the real samples of a padded
-batch so BatchNorm statistics ignore padding.
+Every model takes `(x, train, mask, outputs)`; `mask` (B,) marks the real samples of a
+padded batch so BatchNorm statistics ignore padding. `outputs="logits"` (default) returns
+the logits; `"features"` returns (logits, h) with h the penultimate features that the
+query strategies read (the flattened input of the final linear layer); `"taps"` returns
+(logits, h, taps) with the intermediate feature maps of the four stages (CNN-4's blocks,
+ResNet-8's stem/stages) that LL4AL's loss-prediction module reads.
 """
 
 from __future__ import annotations
@@ -129,6 +133,32 @@ def _bn(train: bool, mask):
     return lambda x: bn(x, mask=jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape))
 
 
+OUTPUTS = ("logits", "features", "taps")
+
+
+def _outputs(kind: str, logits, h, taps):
+    if kind == "logits":
+        return logits
+    if kind == "features":
+        return logits, h
+    if kind == "taps":
+        return logits, h, tuple(taps)
+    raise ValueError(f"outputs={kind!r}; choose one of {OUTPUTS}")
+
+
+def _head(num_classes: int, h, zero_bias: bool = False):
+    return nn.Dense(num_classes, kernel_init=_torch_uniform,
+                    bias_init=nn.initializers.zeros if zero_bias else _bias_init(h.shape[-1]),
+                    name="head")(h)
+
+
+def head_params(variables) -> tuple:
+    """(W (d, C), b (C,)) of a model's final linear layer (ALFA-Mix mixes features
+    through it)."""
+    head = variables["params"]["head"]
+    return head["kernel"], head["bias"]
+
+
 class CNN4(nn.Module):
     """4 x [Conv3x3 64 (pad 1) - BatchNorm - ReLU - MaxPool 2], flatten, Linear.
 
@@ -141,14 +171,15 @@ class CNN4(nn.Module):
     conv_impl: str = "im2col"
 
     @nn.compact
-    def __call__(self, x, train: bool = False, mask=None):
+    def __call__(self, x, train: bool = False, mask=None, outputs: str = "logits"):
+        taps = []
         for _ in range(4):
             x = Conv(self.width, impl=self.conv_impl)(x)
             x = nn.relu(_bn(train, mask)(x))
             x = max_pool2(x)
-        x = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
-                        bias_init=nn.initializers.zeros)(x)
+            taps.append(x)
+        h = x.reshape(x.shape[0], -1)
+        return _outputs(outputs, _head(self.num_classes, h, zero_bias=True), h, taps)
 
 
 class _BasicBlock(nn.Module):
@@ -177,15 +208,16 @@ class ResNet8FAST(nn.Module):
     conv_impl: str = "im2col"
 
     @nn.compact
-    def __call__(self, x, train: bool = False, mask=None):
+    def __call__(self, x, train: bool = False, mask=None, outputs: str = "logits"):
         x = nn.relu(_bn(train, mask)(Conv(64, 3, 1, 1, False, self.conv_impl)(x)))
+        taps = []
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             x = _BasicBlock(planes, stride, self.conv_impl)(x, train, mask)
+            taps.append(x)
         pool = min(4, x.shape[1])
         x = nn.avg_pool(x, (pool, pool), (pool, pool))
-        x = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
-                        bias_init=_bias_init(x.shape[-1]))(x)
+        h = x.reshape(x.shape[0], -1)
+        return _outputs(outputs, _head(self.num_classes, h), h, taps)
 
 
 class _PreActBlock(nn.Module):
@@ -214,14 +246,15 @@ class ResNet8PreAct(nn.Module):
     conv_impl: str = "im2col"
 
     @nn.compact
-    def __call__(self, x, train: bool = False, mask=None):
+    def __call__(self, x, train: bool = False, mask=None, outputs: str = "logits"):
         x = Conv(16, 3, 1, 1, False, self.conv_impl)(x)
+        taps = [x]
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             x = _PreActBlock(planes, stride, self.conv_impl)(x, train, mask)
+            taps.append(x)
         x = nn.relu(_bn(train, mask)(x))
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
-                        bias_init=_bias_init(x.shape[-1]))(x)
+        h = x.mean(axis=(1, 2))
+        return _outputs(outputs, _head(self.num_classes, h), h, taps)
 
 
 class LinearProbe(nn.Module):
@@ -230,10 +263,12 @@ class LinearProbe(nn.Module):
     num_classes: int
 
     @nn.compact
-    def __call__(self, x, train: bool = False, mask=None):
-        x = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes, kernel_init=_torch_uniform,
-                        bias_init=_bias_init(x.shape[-1]))(x)
+    def __call__(self, x, train: bool = False, mask=None, outputs: str = "logits"):
+        h = x.reshape(x.shape[0], -1)
+        if outputs == "taps":
+            raise ValueError("the linear probe has no intermediate feature maps (LL4AL needs a "
+                             "CNN: model.name=cnn4, resnet8_fast or resnet8_preact)")
+        return _outputs(outputs, _head(self.num_classes, h), h, ())
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -54,8 +54,11 @@ def split_seed(partition: Partition, train_labels, fraction: float, *,
     mode="balanced": per client, round(fraction * n_k) samples (>= 1) spread evenly over
     the classes it holds, one per class at least when the budget allows.
     mode="random": round(fraction * n_k) samples (>= 1) uniformly at random.
-    A client whose seed misses a class it holds triggers a warning naming both. Seed
-    labels are the dataset's own, not oracle queries: `Oracle.annotations` starts at 0.
+    Seed labels are the dataset's own, not oracle queries: `Oracle.annotations` starts at 0.
+
+    Two warnings at most, however many clients: one counting the clients whose seed
+    misses classes they hold (with an example or two), and one stating the seed's real
+    share of the data when the one-label minimum inflates it (many small clients).
     """
     if mode not in SEED_MODES:
         raise ValueError(f"seed mode {mode!r} not allowed; use one of {SEED_MODES}")
@@ -65,7 +68,7 @@ def split_seed(partition: Partition, train_labels, fraction: float, *,
     y = np.asarray(train_labels, dtype=np.int64)
     num_classes = int(y.max()) + 1 if y.size else 0
     rng = np.random.default_rng(seed)
-    pools = []
+    pools, short = [], []  # short: (client, classes it holds but its seed lacks)
     for k, idx in enumerate(partition.train):
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size and idx.max() >= y.size:
@@ -83,10 +86,35 @@ def split_seed(partition: Partition, train_labels, fraction: float, *,
         labeled = np.sort(idx[chosen])
         missing = np.setdiff1d(np.unique(yk), y[labeled])
         if missing.size:
-            warnings.warn(
-                f"client {k}: labeled seed of {labeled.size} samples has no example of "
-                f"classes {missing.tolist()} that the client holds; raise the seed "
-                f"fraction (now {fraction}) to cover them", stacklevel=2)
+            short.append((k, labeled.size, missing.tolist()))
         pools.append(ClientPool(client=k, labeled_idx=labeled, labeled_y=y[labeled],
                                 unlabeled_idx=np.setdiff1d(idx, labeled)))
+    if short:
+        examples = "; ".join(f"client {k}'s seed of {n} lacks classes {m}"
+                             for k, n, m in short[:2])
+        warnings.warn(
+            f"{len(short):,} of {len(pools):,} clients have a labeled seed that misses "
+            f"classes they hold (e.g. {examples}); raise the seed fraction (now "
+            f"{fraction}) to cover them", stacklevel=2)
+    _warn_if_inflated([len(idx) for idx in partition.train],
+                      [p.labeled_idx.size for p in pools], fraction)
     return tuple(pools), Oracle(y)
+
+
+# The one-label minimum is reported once it makes the seed this much larger than asked.
+INFLATION_WARN = 1.1
+
+
+def _warn_if_inflated(sizes, labeled, fraction: float) -> None:
+    """One warning when the per-client minimum of one label, not the fraction, sets the
+    seed's size: e.g. 600 clients of 10 samples at 1% get 600 labels, 10% of the data."""
+    n, total = int(np.sum(sizes)), int(np.sum(labeled))
+    floored = sum(1 for s in sizes if s and round(fraction * s) < 1)
+    if not floored or total <= INFLATION_WARN * fraction * n:
+        return
+    warnings.warn(
+        f"seed fraction {fraction} gives {total:,} labels = {100 * total / n:.1f}% of the "
+        f"{n:,} samples, not {100 * fraction:g}%, because each client gets at least one "
+        f"label and {floored:,} of the {len(sizes):,} clients hold so few samples that "
+        f"{fraction} of them rounds to none; use fewer clients for a seed of "
+        f"{100 * fraction:g}%", stacklevel=3)

@@ -1,0 +1,22 @@
+"""The iterative federated active-learning baselines on DermaMNIST, the loop FAST is compared
+against (FAST paper, Table I: 10 clients, CNN-4, FedAvg, the global model as query
+selector, 5% initial + 5% per AL round, R = 4 AL rounds x 100 FL rounds by default).
+
+    python -m fastjax.main --config configs/dermamnist_active.py --workdir runs/dermamnist_active \
+        --config.active.strategy=badge
+    python -m fastjax.main --config configs/dermamnist_active.py:logo   # a named protocol preset
+
+Presets (fastjax/active/presets.py, sources in its docstring): paper_table1 (default),
+logo, fast_official, paper_fig2. R = 8: --config.active.rounds=8. Strategies:
+random, entropy, coreset, badge, alfa_mix, gcnal (fastjax.active.STRATEGIES).
+"""
+
+from fastjax.active.presets import apply_preset
+from fastjax.config import base_config
+
+
+def get_config(preset: str = "paper_table1"):
+    c = base_config()
+    c.data.name = "dermamnist"
+    c.method = "active"
+    return apply_preset(c, preset)

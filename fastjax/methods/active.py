@@ -1,0 +1,267 @@
+"""The iterative federated active-learning (FAL) loop that FAST is compared against
+(FAST paper, Sec. III-B, Eq. 3-5; the LoGo protocol, raymin0223/LoGo `main.py`).
+
+R active-learning (AL) rounds over the same partition, model and engine as FAST:
+
+1. AL round 1: each client labels a random initial set from its own data (an equal
+   share of `active.initial` of the training set, water-filled where a client holds
+   fewer samples, Eq. 5), through the oracle.
+2. AL round a > 1: every client queries b samples of its own unlabeled pool with the
+   query strategy (`fastjax.active.STRATEGIES`), scoring with the global model of AL
+   round a - 1 (`active.query_model=global`, the paper) or with its own local-only model
+   (`local_only`, LoGo's ablation); the oracle labels exactly those samples. The global
+   budget of Eq. 5 (`active.query` of the training set per AL round) is never exceeded.
+3. T = `train.rounds` federated rounds (`engine.fit`) train on the clients' labeled
+   sets, from a fresh random model (`active.reset=random_init`, LoGo's code) or from
+   the previous global model (`continue`, FAST-official's).
+
+Work directory: one continuous metrics.jsonl (global FL round, AL round, accuracy, MiB,
+annotations), shared checkpoints keyed by the global FL round, `active/al_XX.npz` (each
+AL round's labeled sets, written before it trains: part of the checkpointed state) and
+`active/al_XX.json` (its results), summary.json. An interrupted loop resumes to the
+identical final state: queries are pure functions of (model, pool, AL round, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fastjax import config as config_lib
+from fastjax.active import presets
+from fastjax.federate.checkpoints import Checkpoints, MetricsLog, atomic_write_text
+from fastjax.methods import common
+from fastjax.methods.common import log
+
+
+def client_shares(total: int, sizes) -> np.ndarray:
+    """An equal share of `total` per client (int(total / K) each, as LoGo and
+    FAST-official), water-filled over clients that hold fewer samples (Eq. 5)."""
+    from fastjax.label.query import client_budgets
+
+    sizes = np.asarray(sizes, np.int64)
+    k = len(sizes)
+    want = k * (int(total) // k)
+    return client_budgets(min(want, int(sizes.sum())), sizes)
+
+
+def initial_sets(part_train, counts, seed: int) -> list[np.ndarray]:
+    """Each client's initial labeled set: counts[k] of its samples uniformly at random."""
+    out = []
+    for k, (ix, c) in enumerate(zip(part_train, counts)):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0xA1), k)
+        pick = np.asarray(jax.random.permutation(key, len(ix)))[: int(c)]
+        out.append(np.sort(np.asarray(ix, np.int64)[pick]))
+    return out
+
+
+def _save_sets(path: Path, sets: list[np.ndarray], query_seconds: float):
+    sizes = np.array([len(s) for s in sets], np.int64)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, idx=np.concatenate(sets) if sets else np.zeros(0, np.int64), sizes=sizes,
+             query_seconds=np.float64(query_seconds))
+    tmp.replace(path)
+
+
+def _load_sets(path: Path):
+    try:
+        with np.load(path) as z:
+            idx, sizes, q = z["idx"], z["sizes"], float(z["query_seconds"])
+    except Exception as e:  # a torn file (written atomically, so only by hand) is a clear error
+        raise ValueError(f"cannot read the labeled sets {path} ({e}); delete the work directory to "
+                         "start afresh") from None
+    return list(np.split(idx.astype(np.int64), np.cumsum(sizes)[:-1])), q
+
+
+class _Querier:
+    """Scores each client's unlabeled pool with the query model and applies the strategy."""
+
+    def __init__(self, config, model, inputs, part_train, num_classes):
+        from fastjax.active.strategies import STRATEGIES
+        from fastjax.federate import engine
+
+        self.config, self.model, self.inputs = config, model, inputs
+        self.part_train, self.num_classes = part_train, num_classes
+        self.strategy = STRATEGIES[config.active.strategy]
+        self.options = strategy_options(config)
+        self.features = engine.make_features_fn(model, inputs.preprocess)
+
+    def query(self, al_round: int, variables, labeled: list[np.ndarray], budgets, oracle_labels,
+              local_vars=None) -> list[np.ndarray]:
+        """The new labeled sets after each client queries budgets[k] samples."""
+        from fastjax.active.strategies import PoolView
+        from fastjax.federate.models import head_params
+
+        a = self.config.active
+        out = []
+        base = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1000 + al_round)
+        for k, (ix, lab, b) in enumerate(zip(self.part_train, labeled, budgets)):
+            pool = np.setdiff1d(ix, lab)
+            v = variables if local_vars is None else jax.tree.map(lambda t: t[k], local_vars)
+            probs, feats = self.features(v, self.inputs.train_x[pool], a.pool_batch_size)
+            _, lab_feats = self.features(v, self.inputs.train_x[lab], a.pool_batch_size)
+            w, bias = head_params(v)
+            view = PoolView(probs=probs, feats=feats, labeled_feats=lab_feats,
+                            labeled_y=oracle_labels(lab), head_w=np.asarray(w), head_b=np.asarray(bias))
+            pos = np.asarray(self.strategy(view, int(b), jax.random.fold_in(base, k), **self.options),
+                             np.int64)
+            if pos.size != int(b) or np.unique(pos).size != pos.size or (pos.size and (
+                    pos.min() < 0 or pos.max() >= pool.size)):
+                raise RuntimeError(f"strategy {a.strategy!r} returned {pos.size} positions for a budget of "
+                                   f"{b} on a pool of {pool.size} (client {k}); expected distinct positions")
+            out.append(np.sort(np.concatenate([lab, pool[pos]])))
+        return out
+
+
+def strategy_options(config) -> dict:
+    """Per-strategy options from the config (only those the chosen strategy takes)."""
+    return {}
+
+
+def run(config, workdir, *, progress: bool = True) -> dict:
+    """The whole loop in `workdir`; returns (and writes) the summary."""
+    from fastjax import partition
+    from fastjax.federate import engine, models
+
+    workdir = Path(workdir)
+    a = config.active
+    t_start = time.perf_counter()
+    train, test = common.load_data(config)
+    c = train.num_classes
+    part = common.make_partition(config, train, test, workdir)
+    oracle = partition.Oracle(train.labels)
+
+    z_train = z_test = None
+    if config.model.name == "linear":
+        encoder = common.load_encoder(config)
+        z_train = common.embed_split(config, encoder, train, "train", progress)
+        z_test = common.embed_split(config, encoder, test, "test", progress)
+    inputs = common.model_inputs(config, train, test, z_train, z_test)
+    model = models.make_model(config.model.name, c, config.model.conv_impl)
+    spec = config_lib.train_spec(config)
+    T = spec.rounds
+
+    def init(al_round: int):  # a fresh random model per AL round (LoGo's get_model)
+        return models.init_variables(model, inputs.shape, config.seed + 7919 * (al_round - 1))
+
+    check_features(model, init(1), inputs)
+    sizes = [len(ix) for ix in part.train]
+    n_total = len(train)
+    initial = client_shares(int(a.initial * n_total), sizes)
+    querier = _Querier(config, model, inputs, part.train, c)
+    # One compiled round for every AL round: clients padded to their final labeled size.
+    capacity = int(max(np.minimum(sizes, initial + client_shares(int(a.query * n_total), sizes).max()
+                                  * (a.rounds - 1))))
+    round_fn = engine.make_round_fn(model, spec, inputs.preprocess)
+    evaluate = engine.make_eval_fn(model, inputs.preprocess)
+    state = workdir / "active"
+    state.mkdir(exist_ok=True)
+    store = Checkpoints(workdir / "checkpoints")
+    done_through = store.validate(log) or 0
+    store.close()
+
+    def restore(step: int, like):
+        store = Checkpoints(workdir / "checkpoints")
+        try:
+            return store.restore(step, like)
+        finally:
+            store.close()
+    metrics = MetricsLog(workdir / "metrics.jsonl")
+
+    labeled: list[np.ndarray] | None = None
+    variables = None  # the global model at the end of the last AL round run in this process
+    rows = []
+    for al in range(1, a.rounds + 1):
+        offset = (al - 1) * T
+        sets_path, row_path = state / f"al_{al:02d}.npz", state / f"al_{al:02d}.json"
+        if sets_path.exists():
+            labeled, q_seconds = _load_sets(sets_path)
+        else:
+            t0 = time.perf_counter()
+            if al == 1:
+                labeled = initial_sets(part.train, initial, config.seed)
+            else:
+                if variables is None:  # resumed at an AL boundary: the last AL round's model
+                    variables = restore(offset, init(al - 1))
+                pools = [len(ix) - len(lab) for ix, lab in zip(part.train, labeled)]
+                budgets = client_shares(int(a.query * n_total), pools)
+                local_vars = None
+                if a.query_model == "local_only":
+                    local_vars = _local_only(config, model, inputs, labeled, oracle, init(al), spec, al)
+                labeled = querier.query(al, variables, labeled, budgets, oracle.query, local_vars)
+            q_seconds = time.perf_counter() - t0
+            _save_sets(sets_path, labeled, q_seconds)
+        ys = [oracle.query(ix) for ix in labeled]  # every label of the loop is an annotation
+        n_labeled = int(sum(len(ix) for ix in labeled))
+        if done_through >= al * T and row_path.exists():  # finished before: nothing to redo
+            rows.append(json.loads(row_path.read_text()))
+            variables = None
+            continue
+
+        clients = engine.stack_clients([inputs.train_x[ix] for ix in labeled], ys, capacity)
+        if al == 1 or a.reset == "random_init" or (variables is None and done_through > offset):
+            start = init(al)  # (when resuming mid AL round, fit restores its own checkpoint)
+        else:
+            start = variables if variables is not None else restore(offset, init(al))
+        prior = [r for r in metrics.read() if r["round"] <= offset]
+        log(f"AL round {al}/{a.rounds}: {n_labeled} labeled ({n_labeled / n_total:.1%}), "
+            f"{oracle.annotations} annotations; training FL rounds {offset + 1}-{offset + T}")
+        fit = engine.fit(model, start, clients, inputs.test_x, test.labels, spec, inputs.preprocess,
+                         workdir=workdir, client_test=part.test, round_offset=offset,
+                         comm_offset_mib=prior[-1]["comm_mib"] if prior else 0.0,
+                         row_extra={"al_round": al, "annotations": oracle.annotations, "labeled": n_labeled},
+                         round_fn=round_fn, evaluate=evaluate, progress=progress, log=log)
+        variables = fit.variables
+        row = {"al_round": al, "labeled": n_labeled, "annotations": oracle.annotations,
+               "fl_rounds": al * T, **common.accuracy_summary(fit.history), "comm_mib": fit.comm_mib,
+               "query_seconds": q_seconds, "train_seconds": fit.train_seconds}
+        atomic_write_text(row_path, json.dumps(row) + "\n")
+        rows.append(row)
+        done_through = al * T
+    last = rows[-1]
+    summary = {
+        "method": "active", "strategy": a.strategy, "preset": a.preset, "reset": a.reset,
+        "query_model": a.query_model,
+        "final_accuracy": last["final_accuracy"], "last5_accuracy": last["last5_accuracy"],
+        "best_accuracy": max(r["best_accuracy"] for r in rows),
+        "annotations": int(oracle.annotations), "labeled_fraction": last["labeled"] / n_total,
+        "comm_mib": last["comm_mib"], "al_rounds": rows, "fl_rounds": a.rounds * T,
+        "wall_seconds": {"query": sum(r["query_seconds"] for r in rows),
+                         "train": sum(r["train_seconds"] for r in rows),
+                         "total": time.perf_counter() - t_start},
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"{a.strategy}: final accuracy {last['final_accuracy']:.4f} (mean of last 5 "
+        f"{last['last5_accuracy']:.4f}) after {a.rounds} AL rounds, {oracle.annotations} annotations, "
+        f"{last['comm_mib']:.1f} MiB; summary: {workdir / 'summary.json'}")
+    return summary
+
+
+def check_features(model, variables, inputs) -> None:
+    """The query strategies read penultimate features: refuse a model without them
+    before any compute."""
+    x = jax.ShapeDtypeStruct((2,) + tuple(inputs.train_x.shape[1:]), inputs.train_x.dtype)
+    try:
+        jax.eval_shape(lambda v, xb: model.apply(v, inputs.preprocess(xb), train=False, outputs="features"),
+                       variables, x)
+    except TypeError as e:
+        raise ValueError(f"model {type(model).__name__} does not expose penultimate features "
+                         f"(outputs='features'), which the query strategies need ({e})") from None
+
+
+def _local_only(config, model, inputs, labeled, oracle, init_vars, spec, al_round: int):
+    """Each client's local-only model on its labeled set (the `local_only` query model)."""
+    from fastjax.active.local_only import train_local_only
+    from fastjax.federate import engine
+
+    clients = engine.stack_clients([inputs.train_x[ix] for ix in labeled],
+                                   [oracle.query(ix) for ix in labeled])
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + al_round)
+    stacked, _ = train_local_only(model, init_vars, clients, batch_size=spec.batch_size, lr=spec.lr,
+                                  momentum=spec.momentum, weight_decay=spec.weight_decay,
+                                  preprocess=inputs.preprocess, key=key)
+    return stacked

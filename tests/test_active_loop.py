@@ -1,0 +1,166 @@
+"""The iterative FAL loop end to end at a tiny size (a 16 px image folder written by the
+test), its budgets against hand arithmetic, bitwise resume mid AL round, presets and
+bad input before compute."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fastjax import config as config_lib
+from fastjax import main as fast_main
+from fastjax.active import presets
+from fastjax.federate.checkpoints import Checkpoints
+from fastjax.methods import active
+
+
+def _cfg(root, **over):
+    c = config_lib.base_config()
+    c.unlock()
+    c.method = "active"
+    c.data.name = "imagefolder"
+    c.data.root = str(root)
+    c.partition.scheme = "iid"
+    c.partition.num_clients = 3
+    c.model.name = "cnn4"
+    c.train.rounds = 3
+    c.train.local_steps = 2
+    c.train.batch_size = 16
+    c.train.lr = 0.05
+    c.train.checkpoint_every = 1
+    c.active.rounds = 3
+    c.active.initial = 0.1
+    c.active.query = 0.1
+    c.active.strategy = "entropy"
+    for k, v in over.items():
+        sect, key = k.split("__")
+        setattr(getattr(c, sect), key, v)
+    c.lock()
+    return c
+
+
+def _sets(workdir, al):
+    sets, _ = active._load_sets(workdir / "active" / f"al_{al:02d}.npz")
+    return sets
+
+
+def test_client_shares_equal_then_water_filled():
+    assert active.client_shares(100, [50, 50, 50, 50]).tolist() == [25, 25, 25, 25]
+    assert active.client_shares(10, [50, 50, 50]).tolist() == [3, 3, 3]  # int(10 / 3) each, as LoGo
+    assert active.client_shares(90, [10, 50, 50]).tolist() == [10, 40, 40]  # a short client's rest moves on
+
+
+def test_loop_end_to_end_budgets_and_metrics(tiny_folder, tmp_path):
+    cfg = _cfg(tiny_folder)
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    # 240 samples, 3 clients: 24 initial (8 each), then 24 per AL round (8 each).
+    assert [r["labeled"] for r in s["al_rounds"]] == [24, 48, 72]
+    assert s["annotations"] == 72  # every label came from the oracle, no more
+    prev = [np.zeros(0, np.int64)] * 3
+    from fastjax.partition import make_partition
+    from fastjax import data
+    train = data.load_dataset("imagefolder", "train", str(tiny_folder))
+    own = make_partition("iid", train.labels, 3, cfg.seed).train
+    for al in (1, 2, 3):
+        sets = _sets(run, al)
+        for k in range(3):
+            assert len(sets[k]) == 8 * al and np.unique(sets[k]).size == len(sets[k])
+            assert np.isin(sets[k], own[k]).all()  # only the client's own samples
+            assert np.isin(prev[k], sets[k]).all()  # labeled sets only grow
+        prev = sets
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == list(range(1, 10))
+    assert [r["al_round"] for r in rows] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert [r["annotations"] for r in rows] == [24] * 3 + [48] * 3 + [72] * 3
+    # Communication: 2 x 3 clients x full CNN-4 state per FL round, continuous.
+    per_round = rows[0]["comm_mib"]
+    np.testing.assert_allclose([r["comm_mib"] for r in rows], per_round * np.arange(1, 10), rtol=1e-9)
+    last = [r["accuracy"] for r in rows[-3:]]
+    assert s["final_accuracy"] == last[-1] and s["last5_accuracy"] == pytest.approx(np.mean(last))
+    assert s["fl_rounds"] == 9 and set(s["wall_seconds"]) >= {"query", "train"}
+    assert s["final_accuracy"] > 0.5  # 4 classes; the quadrant pattern is easy
+
+
+def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_folder, active__reset="continue")
+    full = fast_main.run(cfg, tmp_path / "a", progress=False)
+
+    from fastjax.federate import engine
+
+    real = engine.make_round_fn
+    calls = {"n": 0}
+
+    def interrupted(*args, **kw):
+        fn = real(*args, **kw)
+
+        def wrapped(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 5:  # global FL round 5: AL round 2, its second FL round
+                raise KeyboardInterrupt
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(engine, "make_round_fn", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fast_main.run(cfg, tmp_path / "b", progress=False)
+    monkeypatch.setattr(engine, "make_round_fn", real)
+    resumed = fast_main.run(cfg, tmp_path / "b", progress=False)
+
+    def final(workdir):
+        store = Checkpoints(workdir / "checkpoints")
+        try:
+            return store.read(store.latest())
+        finally:
+            store.close()
+
+    a, b = final(tmp_path / "a"), final(tmp_path / "b")
+    jax.tree.map(np.testing.assert_array_equal, a, b)  # bitwise
+    for al in (1, 2, 3):
+        for x, y in zip(_sets(tmp_path / "a", al), _sets(tmp_path / "b", al)):
+            np.testing.assert_array_equal(x, y)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    ra = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert strip(ra) == strip(rb)
+    assert resumed["final_accuracy"] == full["final_accuracy"]
+    assert resumed["annotations"] == full["annotations"]
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"active__rounds": 0}, "active.rounds"),
+    ({"train__rounds": 0}, "train.rounds"),
+    ({"active__strategy": "oracle"}, "active.strategy='oracle'"),
+    ({"active__preset": "nope"}, "active.preset"),
+    ({"active__initial": 0.5, "active__query": 0.3}, "more than all of it"),
+    ({"active__reset": "warm"}, "active.reset"),
+    ({"active__query_model": "both"}, "active.query_model"),
+])
+def test_bad_input_before_compute(tmp_path, over, msg):
+    with pytest.raises(ValueError, match=msg):
+        config_lib.validate(_cfg(tmp_path, **over))
+
+
+def test_presets_apply_and_validate():
+    for name in presets.PRESETS:
+        c = presets.apply_preset(config_lib.base_config(), name)
+        config_lib.validate(c)
+        assert c.method == "active" and c.active.preset == name
+    c = presets.apply_preset(config_lib.base_config(), "logo")
+    assert (c.train.batch_size, c.train.lr, c.train.weight_decay, c.train.lr_drop_at) == (64, 0.01, 1e-5, 0.75)
+    assert (c.active.reset, c.partition.scheme, c.train.rounds) == ("random_init", "logo", 100)
+    c = presets.apply_preset(config_lib.base_config(), "paper_fig2")
+    assert presets.budget_fractions(c.active.initial, c.active.query, c.active.rounds)[-1] == pytest.approx(0.35)
+    assert c.active.rounds * c.train.rounds == 300
+    with pytest.raises(ValueError, match="not known"):
+        presets.apply_preset(config_lib.base_config(), "logos")
+
+
+def test_logo_lr_drop_matches_reference_rule():
+    from fastjax.federate.engine import TrainSpec
+
+    spec = TrainSpec(rounds=100, lr=0.01, lr_drop_at=0.75)
+    # LoGo (util/misc.py): lr x 0.1 once the 0-indexed round exceeds int(0.75 * 100) = 75.
+    assert [spec.learning_rate(i) for i in (0, 75, 76, 99)] == [0.01, 0.01, pytest.approx(0.001),
+                                                               pytest.approx(0.001)]

@@ -1,0 +1,155 @@
+"""The run directory: identity check, lock, damaged-checkpoint fallback, metrics log
+(issue 13 items 1, 3, 4, 7, 8, 13)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from fastjax import config as config_lib
+from fastjax.federate import checkpoints, engine
+from tests.test_federate import _linear_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(**over):
+    c = config_lib.base_config()
+    c.unlock()
+    for k, v in over.items():
+        sect, key = k.split("__")
+        setattr(getattr(c, sect), key, v)
+    c.lock()
+    return c
+
+
+def test_identity_refuses_result_relevant_changes_before_writing(tmp_path):
+    with checkpoints.RunDir.open(tmp_path, _config(train__rounds=12)):
+        pass
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in range(1, 13)))
+    before = (tmp_path / "config.json").read_text()
+    for over, key in [({"data__name": "mnist"}, "data.name"), ({"seed": 3}, "seed"),
+                      ({"partition__num_clients": 20}, "partition.num_clients"),
+                      ({"labeling__budget": 0.05}, "labeling.budget"),
+                      ({"train__rounds": 8}, "train.rounds")]:
+        c = config_lib.base_config()
+        c.unlock()
+        c.train.rounds = 12
+        for k, v in over.items():
+            if "__" in k:
+                sect, f = k.split("__")
+                setattr(getattr(c, sect), f, v)
+            else:
+                setattr(c, k, v)
+        with pytest.raises(checkpoints.RunMismatchError, match=key.replace(".", r"\.")) as e:
+            checkpoints.RunDir.open(tmp_path, c)
+        assert "start afresh" in str(e.value) and "\n" not in str(e.value)
+        assert (tmp_path / "config.json").read_text() == before  # written only after the check
+    # Extending the rounds, or changing where files are / how fast things run, is allowed.
+    with checkpoints.RunDir.open(tmp_path, _config(train__rounds=20, data__root="/elsewhere",
+                                                   train__strategy="sequential")):
+        pass
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["rounds"] == 20
+
+
+def test_rounds_not_extendable_when_schedule_depends_on_them(tmp_path):
+    with checkpoints.RunDir.open(tmp_path, _config(train__rounds=10, train__lr_drop_at=0.75)):
+        pass
+    with pytest.raises(checkpoints.RunMismatchError, match="train.rounds"):
+        checkpoints.RunDir.open(tmp_path, _config(train__rounds=20, train__lr_drop_at=0.75))
+
+
+def test_results_without_config_are_refused(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    with pytest.raises(checkpoints.RunMismatchError, match="no config.json"):
+        checkpoints.RunDir.open(tmp_path, _config())
+
+
+def test_lock_refuses_a_second_process_naming_the_holder(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, time
+        from fastjax.federate.checkpoints import RunDir
+        from fastjax import config
+        r = RunDir.open({str(tmp_path)!r}, config.base_config())
+        print("LOCKED", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "LOCKED"
+        with pytest.raises(checkpoints.RunLockedError, match=f"pid {proc.pid}"):
+            checkpoints.RunDir.open(tmp_path, _config())
+    finally:
+        proc.kill()
+        proc.wait()
+    with checkpoints.RunDir.open(tmp_path, _config()):  # released when the holder dies
+        pass
+
+
+def test_unwritable_workdir_fails_before_compute(tmp_path):
+    (tmp_path / "afile").write_text("")  # a path no one (root included) can create a directory under
+    with pytest.raises(PermissionError, match="not writable"):
+        checkpoints.RunDir.open(tmp_path / "afile" / "run", _config())
+
+
+def test_metrics_log_drops_torn_last_line_and_truncates(tmp_path):
+    log = checkpoints.MetricsLog(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"rou')
+    with pytest.warns(UserWarning, match="torn"):
+        assert [r["round"] for r in log.read()] == [1, 2]
+    with pytest.warns(UserWarning):
+        log.truncate(1)
+    assert (tmp_path / "m.jsonl").read_text() == '{"round": 1}\n'
+    (tmp_path / "m.jsonl").write_text('{"round": 1}\nxx\n{"round": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        log.read()
+
+
+def _damage(step_dir: Path):
+    for f in sorted(step_dir.rglob("*")):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"\0" * 7)
+
+
+def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path):
+    model, v, clients, spec = _linear_setup({"rounds": 4, "checkpoint_every": 2})
+    tx, ty = clients.x[0], clients.y[0]
+    full = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=tmp_path / "a", progress=False)
+    engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=tmp_path / "b", progress=False)
+    _damage(tmp_path / "b" / "checkpoints" / "4")
+    store = checkpoints.Checkpoints(tmp_path / "b" / "checkpoints")
+    with pytest.warns(UserWarning, match=r"checkpoints/4 is damaged"):
+        assert store.validate() == 2
+    store.close()
+    assert list((tmp_path / "b").glob("checkpoints-damaged-4-*"))  # set aside, not deleted
+    resumed = engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=tmp_path / "b", progress=False)
+    jax.tree.map(np.testing.assert_array_equal, full.variables, resumed.variables)
+    rows = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_rerun_before_first_checkpoint_does_not_append(tmp_path):
+    model, v, clients, spec = _linear_setup({"rounds": 3, "checkpoint_every": 0})
+    tx, ty = clients.x[0], clients.y[0]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"round": r, "comm_mib": 0.0}) + "\n"
+                                                    for r in (1, 2)))  # a run killed before any checkpoint
+    engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=tmp_path, progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3] and "loss" in rows[0]
+
+
+def test_nan_stop_without_checkpoint_names_the_last_good_round(tmp_path):
+    model, v, clients, spec = _linear_setup({"rounds": 3, "checkpoint_every": 0})
+    x = clients.x.copy()
+    x[1, 0] = np.nan
+    bad = engine.ClientArrays(x, clients.y, clients.n)
+    with pytest.raises(FloatingPointError) as e:
+        engine.fit(model, v, bad, clients.x[0], clients.y[0], spec, lambda x: x, workdir=tmp_path,
+                   progress=False)
+    assert "None" not in str(e.value) and "stopping after round 0" in str(e.value)
