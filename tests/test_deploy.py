@@ -20,7 +20,7 @@ import pytest
 
 from fastjax import main as fast_main
 from fastjax.deploy import payload, server, site
-from fastjax.federate import engine, models
+from fastjax.federate import checkpoints, models
 from fastjax.label import annotate
 
 needs_offline_assets = pytest.mark.skipif(
@@ -53,8 +53,9 @@ def _tiny(cache, **over):
 
 def _final(workdir, cfg):
     like = models.init_variables(models.make_model(cfg.model.name, 10), (1280,), 0)
-    ckpt = engine.Checkpoints(Path(workdir) / "checkpoints")
-    variables, step = ckpt.restore(like)
+    ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints")
+    step = ckpt.latest()
+    variables = ckpt.restore(step, like)
     ckpt.close()
     return variables, step
 

@@ -100,20 +100,28 @@ class _Bytes:
 
 def run_server(config, workdir, transport: Transport, *, on_failure: str = "fail",
                timeout: float = 600.0, log: Callable[[str], None] = print) -> dict:
-    """Run FAST across sites; writes metrics.jsonl, checkpoints/ and summary.json."""
-    import jax
-    import jax.numpy as jnp
-
-    from fastjax import config as config_lib
-    from fastjax.federate import aggregators, engine, models
-    from fastjax.label import client_budgets, shared_embedding_bytes
+    """Run FAST across sites; writes config.json, metrics.jsonl, checkpoints/ and
+    summary.json into `workdir` (locked while it runs; a different run there is refused)."""
+    from fastjax.federate import checkpoints
 
     _check_config(config, on_failure)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # The work directory's lock and identity, as `fastjax.main.run` keeps them.
+    with checkpoints.RunDir.open(workdir, config):
+        return _run(config, workdir, transport, on_failure, timeout, log)
+
+
+def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from fastjax import config as config_lib
+    from fastjax.federate import aggregators, checkpoints, engine, models
+    from fastjax.label import client_budgets, shared_embedding_bytes
+
     cj = pl.config_to_json(config)
     sig = pl.signature(cj)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     t_start = time.perf_counter()
     K, lab = config.partition.num_clients, config.labeling
     traffic = _Bytes()
@@ -174,16 +182,16 @@ def run_server(config, workdir, transport: Transport, *, on_failure: str = "fail
     aggregate = jax.jit(lambda g, c, n, s: aggregators.AGGREGATORS[spec.aggregator](
         g, c, n, s, momentum=spec.momentum))
     bytes_per_client = engine.state_bytes(variables)
-    ckpt = engine.Checkpoints(workdir / "checkpoints")
-    history, start = [], 1
-    restored = ckpt.restore(variables)
-    if restored is not None:
-        variables, last = restored
-        history = engine._read_history(workdir / "metrics.jsonl", last)
-        start = last + 1
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
+    metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
+    last = ckpt.validate(log) or 0
+    if last > spec.rounds:
+        raise ValueError(f"{workdir} holds a checkpoint of round {last}, beyond the {spec.rounds} "
+                         "rounds asked for; raise train.rounds or start afresh")
+    if last:
+        variables = ckpt.restore(last, variables)
         log(f"resumed from the checkpoint of round {last}")
-    elif (workdir / "metrics.jsonl").exists():
-        (workdir / "metrics.jsonl").unlink()
+    history, start = metrics.truncate(last), last + 1  # rows after the checkpoint are redone
     comm = history[-1]["comm_mib"] if history else shared_bytes / engine.MIB
     t_train = time.perf_counter()
     for r in range(start, spec.rounds + 1):
@@ -198,7 +206,7 @@ def run_server(config, workdir, transport: Transport, *, on_failure: str = "fail
         failures.update({k: f"non-finite loss {rep['loss']}" for k, rep in bad.items()})
         ok = [k for k in sel if k in replies and k not in failures]
         if failures and (on_failure == "fail" or not ok):
-            if r > 1 or restored is not None:
+            if r > 1:
                 ckpt.save(r - 1, variables)
             ckpt.close()
             k = min(failures)
@@ -224,8 +232,7 @@ def run_server(config, workdir, transport: Transport, *, on_failure: str = "fail
         if failures:
             rec["dropped"] = sorted(failures)
         history.append(rec)
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        metrics.append(rec)
         if (spec.checkpoint_every and r % spec.checkpoint_every == 0) or r == spec.rounds:
             ckpt.save(r, variables)
     ckpt.close()

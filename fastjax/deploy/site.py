@@ -88,7 +88,7 @@ class Site:
 
 def load_site(config, node: NodeConfig) -> Site:
     from fastjax import data, partition
-    from fastjax.main import _subset
+    from fastjax.methods.common import subset
 
     k, p = node.partition_id, config.partition
     if node.num_partitions != p.num_clients:
@@ -110,11 +110,11 @@ def load_site(config, node: NodeConfig) -> Site:
         pool, size, source = pools[0], 0, str(folder)
     else:
         root = node.data_root or config.data.root or None
-        train = _subset(data.load_dataset(config.data.name, "train", root),
+        train = subset(data.load_dataset(config.data.name, "train", root),
                         config.data.train_limit, config.seed)
         test_labels = None
         if p.scheme == "logo":  # LoGo splits the test set too; its draw depends on it
-            test_labels = _subset(data.load_dataset(config.data.name, "test", root),
+            test_labels = subset(data.load_dataset(config.data.name, "test", root),
                                   config.data.test_limit, config.seed + 1).labels
         part = partition.make_partition(
             p.scheme, train.labels, p.num_clients, config.seed, alpha=p.alpha,
