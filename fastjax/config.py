@@ -101,6 +101,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config saved as JSON (a work directory's config.json, a Flower message):
+    `base_config()` updated with its values; a key this version lacks is refused."""
+    import json
+
+    c = base_config()
+    c.update(json.loads(text))
+    return c
+
+
 def train_spec(config):
     from fastjax.federate.engine import TrainSpec
 

@@ -160,6 +160,37 @@ def test_human_annotations_across_sites(reference, tmp_path):
     _close(_final(tmp_path / "server", cfg)[0], ref_vars)
 
 
+def test_human_annotations_on_one_site(reference, tmp_path):
+    """The one-process job with a person as oracle: it stops after the preliminary pass
+    with the query written; the CLI merges the answers; the rerun trains on them (true
+    labels as answers reproduce the simulated oracle's run)."""
+    from fastjax.label.__main__ import export
+    from fastjax.methods import common
+
+    cfg, _, ref_vars = reference
+    human = _tiny(Path(cfg.encoder.cache_dir), labeling__oracle="annotations")
+    work = tmp_path / "run"
+    s = fast_main.run(human, work, progress=False)
+    assert s["status"] == "awaiting_annotations" and not (work / "checkpoints").exists()
+    assert export(human, work, False)["status"] == "awaiting_annotations"  # same query again
+    rows = list(csv.DictReader(open(work / "query.csv")))
+    assert len(rows) == 30 and {r["client"] for r in rows} == {"0", "1"}
+    train, _ = common.load_data(human)
+    with open(tmp_path / "filled.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["client", "sample_id", "label"])
+        w.writerows([[r["client"], r["sample_id"], int(train.labels[int(r["sample_id"])])] for r in rows])
+    out = subprocess.run([sys.executable, "-m", "fastjax.label", "import", str(tmp_path / "filled.csv"),
+                          f"--workdir={work}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "30 of 30 queried samples labeled" in out.stdout, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastjax.label", "import", str(work / "config.json"),
+                          f"--workdir={work}"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "line 1 lacks the column" in bad.stderr
+    s = fast_main.run(human, work, progress=False)
+    assert s["annotations"] == 30 and s["rounds"] == 3
+    _close(_final(work, cfg)[0], ref_vars)
+
+
 # --- Flower's Deployment Engine: a SuperLink and two SuperNodes on 127.0.0.1 ---------------
 
 _needs_flwr = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,

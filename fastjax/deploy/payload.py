@@ -13,7 +13,6 @@ scalar values, 8 bytes each for numbers), Flower's own framing excluded.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import numpy as np
@@ -69,13 +68,9 @@ def config_to_json(config) -> str:
 
 
 def config_from_json(text: str):
-    """The experiment config a server sent: `base_config()` updated with its values
-    (a key this version does not know is refused by the locked ConfigDict)."""
     from fastjax import config as config_lib
 
-    c = config_lib.base_config()
-    c.update(json.loads(text))
-    return c
+    return config_lib.from_json(text)
 
 
 def signature(config_json: str) -> str:

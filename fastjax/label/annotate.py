@@ -239,26 +239,30 @@ def import_annotations(path, workdir) -> Path:
     return merged_path
 
 
-def annotation_oracle(workdir, query: Query, images: np.ndarray, evaluation_labels
-                      ) -> "AnnotationOracle | None":
-    """The human oracle for `query`, or None after writing the query for the annotator.
-
-    Writes the query (CSV, JSON, contact sheets) when workdir has none or a different
-    one (config, data or seed changed since the export; stale annotations are moved to
-    annotations.stale.csv); returns None while annotations.csv is missing; else the
-    oracle, which fails unless every queried sample is annotated.
-    """
+def refresh_query(workdir, query: Query, images: np.ndarray, *, rewrite: bool = False) -> bool:
+    """Writes the query into workdir when it has none or a different one (config, data
+    or seed changed since the export; stale annotations are then moved to
+    annotations.stale.csv), or always with `rewrite`. Returns whether workdir's
+    annotations (if any) belong to this query."""
     workdir = Path(workdir)
     old = read_query(workdir) if (workdir / QUERY_CSV).exists() and (workdir / QUERY_JSON).exists() \
         else None
     same = (old is not None and old.class_names == query.class_names
             and np.array_equal(old.sample_id, query.sample_id) and np.array_equal(old.client, query.client))
-    if not same:
+    if rewrite or not same:
         write_query(query, images, workdir)
-        if (workdir / ANNOTATIONS_CSV).exists():
-            os.replace(workdir / ANNOTATIONS_CSV, workdir / "annotations.stale.csv")
-        return None
-    if not (workdir / ANNOTATIONS_CSV).exists():
+    if not same and (workdir / ANNOTATIONS_CSV).exists():
+        os.replace(workdir / ANNOTATIONS_CSV, workdir / "annotations.stale.csv")
+    return same
+
+
+def annotation_oracle(workdir, query: Query, images: np.ndarray, evaluation_labels
+                      ) -> "AnnotationOracle | None":
+    """The human oracle for `query`, or None while workdir has no annotations for it
+    (the query is written for the annotator first, see `refresh_query`). The oracle
+    fails unless every queried sample is annotated."""
+    workdir = Path(workdir)
+    if not refresh_query(workdir, query, images) or not (workdir / ANNOTATIONS_CSV).exists():
         return None
     return AnnotationOracle.from_workdir(workdir, evaluation_labels)
 
