@@ -1,0 +1,507 @@
+"""Query strategies of iterative federated active learning, as pure functions.
+
+Every strategy has the signature
+
+    strategy(view: PoolView, b: int, key: jax.Array, **options) -> np.ndarray
+
+and returns b distinct int64 positions into ONE client's unlabeled pool, sorted. The
+view carries the global model's outputs on that pool (softmax, penultimate features),
+the client's labeled set (features, labels) and, for ALFA-Mix, the model's final linear
+layer; never the pool's hidden labels. b = 0 gives an empty array, b = n every position,
+b > n a ValueError. Recipes follow the LoGo repository (raymin0223/LoGo,
+`query_strategies/*.py`) as summarised in shared/research/FAL_BASELINES.md Sec. 2;
+where that code departs from its paper, the paper is the default and the code's
+behaviour a named option.
+
+    >>> import jax, numpy as np
+    >>> p = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]], np.float32)
+    >>> view = PoolView(p, None, None, np.zeros(0, np.int64))
+    >>> entropy(view, 2, jax.random.key(0)).tolist()
+    [1, 2]
+
+Scoring is jitted and memory-bounded: pool sizes are padded to a few shape buckets so one
+compile serves many clients, pool x labeled distances are computed in blocks, and no
+n x n matrix or C*d gradient embedding is formed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_BLOCK = 256  # labeled rows per distance block: memory is (padded pool) x _BLOCK floats
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoolView:
+    """What a query strategy may see of one client (never the pool's hidden labels).
+
+    probs:         (n, C) global-model softmax on the client's unlabeled pool.
+    feats:         (n, d) penultimate features of the pool (None if the model has none).
+    labeled_feats: (m, d) features of the client's labeled set (None iff feats is None).
+    labeled_y:     (m,) int labels of the labeled set (oracle answers, in [0, C)).
+    head_w, head_b: (d, C), (C,) final linear layer of the query model (ALFA-Mix).
+    Shapes are checked on construction; values are checked by the strategies.
+    """
+
+    probs: Any
+    feats: Any
+    labeled_feats: Any
+    labeled_y: Any
+    head_w: Any = None
+    head_b: Any = None
+
+    def __post_init__(self):
+        if np.ndim(self.probs) != 2:
+            raise ValueError(f"probs must be 2-D (n, C); got shape {np.shape(self.probs)}")
+        n, c = np.shape(self.probs)
+        if c < 1:
+            raise ValueError("probs has no class column; pass the (n, C) softmax of the pool")
+        m = np.shape(self.labeled_y)[0] if np.ndim(self.labeled_y) == 1 else None
+        if m is None:
+            raise ValueError(f"labeled_y must be 1-D (m,); got shape {np.shape(self.labeled_y)}")
+        if self.feats is None:
+            if self.labeled_feats is not None:
+                raise ValueError("labeled_feats given but feats is None; pass both or neither")
+        else:
+            if np.ndim(self.feats) != 2 or np.shape(self.feats)[0] != n:
+                raise ValueError(f"feats must be ({n}, d) like probs' rows; got {np.shape(self.feats)}")
+            d = np.shape(self.feats)[1]
+            if self.labeled_feats is None or np.shape(self.labeled_feats) != (m, d):
+                got = None if self.labeled_feats is None else np.shape(self.labeled_feats)
+                raise ValueError(f"labeled_feats must be ({m}, {d}) (labeled_y rows, feats "
+                                 f"columns); got {got}")
+        if (self.head_w is None) != (self.head_b is None):
+            raise ValueError("head_w and head_b come together; pass both or neither")
+        if self.head_w is not None:
+            d = None if self.feats is None else np.shape(self.feats)[1]
+            if self.feats is None or np.shape(self.head_w) != (d, c) or np.shape(self.head_b) != (c,):
+                raise ValueError(f"head_w/head_b must be ({d}, {c}) and ({c},) (features x classes); "
+                                 f"got {np.shape(self.head_w)} and {np.shape(self.head_b)}")
+
+    @property
+    def n(self) -> int:
+        return int(np.shape(self.probs)[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.shape(self.probs)[1])
+
+    @property
+    def m(self) -> int:
+        return int(np.shape(self.labeled_y)[0])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _bucket(n: int) -> int:
+    """Round n up to one of a few sizes (<= 1/8 waste) so one compile serves many pools."""
+    if n <= 64:
+        return 64
+    step = 1 << max(n.bit_length() - 4, 0)
+    return -(-n // step) * step
+
+
+def _pad(x, rows: int, value=0.0):
+    x = jnp.asarray(x)
+    pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+    return jnp.pad(x, pad, constant_values=value)
+
+
+def _finite(name: str, x) -> jax.Array:
+    x = jnp.asarray(x, jnp.float32)
+    if x.size and not bool(jnp.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf; the query model's outputs must be finite")
+    return x
+
+
+def _labels(view: PoolView) -> np.ndarray:
+    y = np.asarray(view.labeled_y)
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= view.num_classes):
+        raise ValueError(f"labeled_y must be ints in [0, {view.num_classes}); got dtype {y.dtype}, "
+                         f"range [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)
+
+
+def start(view: PoolView, b, name: str, *, features=False, labeled=False, head=False):
+    """Validates b and what `name` needs of the view; returns the answer when it is
+    trivial (b = 0: nothing, b = n: everything), else None."""
+    if not isinstance(view, PoolView):
+        raise TypeError(f"{name}: view must be a PoolView; got {type(view).__name__}")
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+        raise ValueError(f"{name}: b must be an int; got {b!r}")
+    b, n = int(b), view.n
+    if b < 0 or b > n:
+        raise ValueError(f"{name}: b={b} is outside [0, {n}] (this client's unlabeled pool); "
+                         "lower the per-client budget")
+    if features and view.feats is None:
+        raise ValueError(f"{name} needs penultimate features, but the view has none; use a model "
+                         "that exposes features or a strategy that needs none (random, entropy)")
+    if head and view.head_w is None:
+        raise ValueError(f"{name} needs the query model's final linear layer (head_w, head_b)")
+    if labeled and view.m == 0:
+        raise ValueError(f"{name} needs a non-empty labeled set on the client; draw an initial "
+                         "labeled set first")
+    if b == 0:
+        return np.zeros(0, np.int64)
+    if b == n:
+        return np.arange(n, dtype=np.int64)
+    return None
+
+
+def _top(score: np.ndarray, b: int) -> np.ndarray:
+    """Positions of the b largest scores; ties go to the lower position."""
+    order = np.lexsort((np.arange(score.size), -score))
+    return np.sort(order[:b]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- random
+
+
+def random_sampling(view: PoolView, b: int, key: jax.Array) -> np.ndarray:
+    """b positions uniformly without replacement (LoGo `random_sampling.py`):
+    the first b of `jax.random.permutation(key, n)`, sorted."""
+    done = start(view, b, "random")
+    if done is not None:
+        return done
+    return np.sort(np.asarray(jax.random.permutation(key, view.n))[:b]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- entropy
+
+
+@jax.jit
+def _entropy(p, eps):
+    # 0 log 0 = 0: LoGo replaces the +-inf of log(0) by 0 (`entropy_sampling.py`).
+    lp = jnp.log(p + eps)
+    return -jnp.sum(jnp.where(jnp.isfinite(lp), p * lp, 0.0), axis=1)
+
+
+def entropy(view: PoolView, b: int, key: jax.Array, *, eps: float = 0.0) -> np.ndarray:
+    """The b highest-entropy samples, H(p) = -sum_c p_c log(p_c + eps) (Shannon; LoGo
+    `entropy_sampling.py`). eps = 0 (default) is the textbook entropy with 0 log 0 = 0,
+    which is exactly LoGo's +-inf guard; eps = 1e-10 is FAST-official's
+    `baselines/utils.py` variant. Ties go to the lower position. `key` is unused."""
+    _check_entropy(eps=eps)
+    done = start(view, b, "entropy")
+    if done is not None:
+        return done
+    p = _finite("probs", view.probs)
+    return _top(np.asarray(_entropy(p, jnp.float32(eps)), np.float64), b)
+
+
+def _check_entropy(*, eps=0.0):
+    if not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
+        raise ValueError(f"entropy: eps={eps!r} must be a number in [0, 1) (0 = exact, 1e-10 = FAST-official)")
+
+
+# ----------------------------------------------------------------------------- k-center
+
+
+def _min_sq_dist(x, y, y_valid):
+    """min_j ||x_i - y_j||^2 over the valid rows of y, in blocks of _BLOCK rows of y
+    (+inf when y has no valid row). y's rows are a multiple of _BLOCK."""
+    xx = jnp.sum(x * x, axis=1)
+    yb = y.reshape(-1, _BLOCK, y.shape[1])
+    vb = y_valid.reshape(-1, _BLOCK)
+
+    def body(best, blk):
+        yk, vk = blk
+        d2 = xx[:, None] + jnp.sum(yk * yk, axis=1)[None, :] - 2.0 * (x @ yk.T)
+        d2 = jnp.where(vk[None, :], jnp.maximum(d2, 0.0), jnp.inf)
+        return jnp.minimum(best, jnp.min(d2, axis=1)), None
+
+    best, _ = jax.lax.scan(body, jnp.full(x.shape[0], jnp.inf, x.dtype), (yb, vb))
+    return best
+
+
+@functools.partial(jax.jit, static_argnames=("slots",))
+def _kcenter(x, x_valid, y, y_valid, b, slots):
+    far = jnp.where(x_valid, _min_sq_dist(x, y, y_valid), -jnp.inf)
+    xx = jnp.sum(x * x, axis=1)
+
+    def step(t, carry):
+        far, chosen = carry
+        i = jnp.argmax(far)  # first of ties, as numpy's argmax
+        # Expanded form, as sklearn's pairwise_distances: one matvec (8x faster on CPU
+        # than summing (x - x_i)^2 here).
+        d2 = jnp.maximum(xx + xx[i] - 2.0 * (x @ x[i]), 0.0)
+        return jnp.minimum(far, d2).at[i].set(-jnp.inf), chosen.at[t].set(i)
+
+    _, chosen = jax.lax.fori_loop(0, b, step, (far, jnp.zeros(slots, jnp.int32)))
+    return chosen
+
+
+def kcenter_greedy(pool_x, labeled_x, b: int) -> np.ndarray:
+    """Greedy k-center (Sener & Savarese, ICLR 2018, Alg. 1; LoGo `core_set.py`
+    `furthest_first`): m(u) = min_l ||x_u - x_l|| (+inf without labeled rows); b times,
+    take u* = argmax m (first of ties) and set m <- min(m, ||x - x_u*||). Returns the b
+    positions into pool_x in the order chosen. A chosen point is never chosen again (the
+    reference could repeat one only when every remaining distance is 0)."""
+    pool_x, labeled_x = jnp.asarray(pool_x, jnp.float32), jnp.asarray(labeled_x, jnp.float32)
+    n, m = pool_x.shape[0], labeled_x.shape[0]
+    if not 0 <= b <= n:
+        raise ValueError(f"kcenter_greedy: b={b} must be in [0, {n}]")
+    if b == 0:
+        return np.zeros(0, np.int64)
+    rows, lrows = _bucket(n), max(_BLOCK, -(-m // _BLOCK) * _BLOCK)
+    chosen = _kcenter(_pad(pool_x, rows), jnp.arange(rows) < n,
+                      _pad(labeled_x, lrows), jnp.arange(lrows) < m, b, _bucket(b))
+    return np.asarray(chosen)[:b].astype(np.int64)
+
+
+def coreset(view: PoolView, b: int, key: jax.Array) -> np.ndarray:
+    """CoreSet: greedy k-center over the raw penultimate features, distances to the
+    labeled set plus the points already chosen (Sener & Savarese 2018; LoGo
+    `core_set.py`). `key` is unused: the greedy is deterministic."""
+    done = start(view, b, "coreset", features=True)
+    if done is not None:
+        return done
+    return np.sort(kcenter_greedy(_finite("feats", view.feats),
+                                  _finite("labeled_feats", view.labeled_feats), b))
+
+
+# ----------------------------------------------------------------------------- BADGE
+
+
+def badge_parts(probs, feats):
+    """The two factors of BADGE's gradient embedding g = q (x) h (Ash et al., ICLR 2020,
+    Sec. 3): q = onehot(argmax p) - p (n, C) and h (n, d); g's block c is q_c h. The
+    embedding (n, C*d) itself is never formed."""
+    p = jnp.asarray(probs, jnp.float32)
+    q = jax.nn.one_hot(jnp.argmax(p, axis=1), p.shape[1], dtype=p.dtype) - p
+    return q, jnp.asarray(feats, jnp.float32)
+
+
+def badge_sq_distances(q_a, h_a, q_b, h_b):
+    """||g_i - g_j||^2 for g = q (x) h, from <g_i, g_j> = <q_i, q_j><h_i, h_j> and
+    ||g_i||^2 = ||q_i||^2 ||h_i||^2: (n_a, n_b), clipped at 0."""
+    na = jnp.sum(q_a * q_a, 1) * jnp.sum(h_a * h_a, 1)
+    nb = jnp.sum(q_b * q_b, 1) * jnp.sum(h_b * h_b, 1)
+    return jnp.maximum(na[:, None] + nb[None, :] - 2.0 * (q_a @ q_b.T) * (h_a @ h_b.T), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("slots",))
+def _badge(q, h, valid, key, b, slots):
+    norm2 = jnp.sum(q * q, 1) * jnp.sum(h * h, 1)
+    first = jnp.argmax(jnp.where(valid, norm2, -jnp.inf))
+
+    def to_centre(i):
+        return badge_sq_distances(q, h, q[i][None], h[i][None])[:, 0]
+
+    d2 = jnp.where(valid, to_centre(first), 0.0).at[first].set(0.0)
+    taken = jnp.zeros(q.shape[0], bool).at[first].set(True)
+
+    def step(t, carry):
+        d2, taken, chosen = carry
+        free = valid & ~taken
+        # P(x) ~ D(x)^2 over the points not yet chosen (the reference redraws chosen ones);
+        # uniform over them if every one sits on a centre (the reference stops in pdb).
+        logits = jnp.where(d2 > 0, jnp.log(jnp.where(d2 > 0, d2, 1.0)), -jnp.inf)
+        logits = jnp.where(jnp.sum(jnp.where(free, d2, 0.0)) > 0, logits,
+                           jnp.where(free, 0.0, -jnp.inf))
+        i = jax.random.categorical(jax.random.fold_in(key, t), logits)
+        d2 = jnp.minimum(d2, to_centre(i)).at[i].set(0.0)
+        return d2, taken.at[i].set(True), chosen.at[t].set(i)
+
+    chosen = jnp.zeros(slots, jnp.int32).at[0].set(first)
+    _, _, chosen = jax.lax.fori_loop(1, b, step, (d2, taken, chosen))
+    return chosen
+
+
+def badge(view: PoolView, b: int, key: jax.Array) -> np.ndarray:
+    """BADGE (Ash et al., ICLR 2020, Alg. 1; LoGo `badge_sampling.py` `init_centers`):
+    k-means++ *seeding* on the gradient embeddings g = (onehot(y_hat) - p) (x) h. The
+    first centre is argmax ||g||; each next one is drawn with probability proportional
+    to D(x)^2, the squared distance to the nearest centre so far, among points not yet
+    chosen. Distances are factorised (`badge_sq_distances`): O(n (C + d)) per centre."""
+    done = start(view, b, "badge", features=True)
+    if done is not None:
+        return done
+    q, h = badge_parts(_finite("probs", view.probs), _finite("feats", view.feats))
+    n, rows = view.n, _bucket(view.n)
+    chosen = _badge(_pad(q, rows), _pad(h, rows), jnp.arange(rows) < n, key, b, _bucket(b))
+    return np.sort(np.asarray(chosen)[:b]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- ALFA-Mix
+
+ALFA_CAPS = (0.2, 0.4, 0.6, 0.8, 1.0)  # alpha_cap += 0.2 while < 1 (LoGo `alfa_mix.py`)
+
+
+def alfa_anchors(labeled_feats, labeled_y, num_classes: int) -> jax.Array:
+    """a_c = mean feature of the labeled points whose label is c; the mean of the whole
+    labeled set for a class with none (ALFA-Mix anchors, LoGo `find_candidate_set`)."""
+    x = jnp.asarray(labeled_feats, jnp.float32)
+    onehot = jax.nn.one_hot(jnp.asarray(labeled_y), num_classes, dtype=x.dtype)
+    count = jnp.sum(onehot, axis=0)
+    mean_c = (onehot.T @ x) / jnp.maximum(count, 1.0)[:, None]
+    return jnp.where(count[:, None] > 0, mean_c, jnp.mean(x, axis=0)[None, :])
+
+
+@functools.partial(jax.jit, static_argnames=("caps",))
+def _alfa_flips(h, y_hat, w, bias, anchors, caps):
+    """(len(caps), n) bool: does mixing with some class anchor flip the prediction?"""
+    logits = h @ w + bias
+    g = (jax.nn.softmax(logits) - jax.nn.one_hot(y_hat, w.shape[1], dtype=h.dtype)) @ w.T
+    g_norm = jnp.linalg.norm(g, axis=1)
+    eps = jnp.asarray(caps, h.dtype) / math.sqrt(h.shape[1])
+
+    def per_class(anchor):
+        z = anchor[None, :] - h
+        # alpha = eps ||z|| / ||g|| * g / (z + 1e-8) and mix = h + alpha * z, so
+        # W^T mix = W^T h + eps * s * W^T (g * z / (z + 1e-8)), s = ||z|| / ||g||:
+        # one (n, d) x (d, C) product per class serves every cap.
+        s = jnp.where(g_norm > 0, jnp.linalg.norm(z, axis=1) / jnp.where(g_norm > 0, g_norm, 1.0), 0.0)
+        v = (g * (z / (z + 1e-8))) @ w
+        mixed = logits[None] + eps[:, None, None] * (s[:, None] * v)[None]
+        return jnp.argmax(mixed, axis=-1) != y_hat[None]
+
+    return jnp.any(jax.lax.map(per_class, anchors), axis=0)
+
+
+def alfa_mix_candidates(view: PoolView, b: int, *, caps=ALFA_CAPS) -> np.ndarray:
+    """(n,) bool candidate set of ALFA-Mix (Parvaneh et al., CVPR 2022, closed-form alpha;
+    LoGo `alfa_mix.py`). For eps_cap in caps (until more than b candidates), eps =
+    eps_cap / sqrt(d), and for every class anchor a_c: z = a_c - h, g = dCE(W h + c,
+    y_hat)/dh, alpha = (eps ||z|| / ||g||) g / (z + 1e-8) (elementwise, unclipped),
+    mix = (1 - alpha) h + alpha a_c; x is a candidate if argmax(W mix + c) != y_hat for
+    some class at some cap so far. y_hat = argmax of the view's probs. A sample with
+    g = 0 never flips."""
+    start(view, b, "alfa_mix", features=True, labeled=True, head=True)
+    y = _labels(view)
+    h = _finite("feats", view.feats)
+    y_hat = jnp.argmax(_finite("probs", view.probs), axis=1)
+    anchors = alfa_anchors(_finite("labeled_feats", view.labeled_feats), y, view.num_classes)
+    rows = _bucket(view.n)
+    flips = _alfa_flips(_pad(h, rows), _pad(y_hat, rows), _finite("head_w", view.head_w),
+                        _finite("head_b", view.head_b), anchors, tuple(float(c) for c in caps))
+    union = np.logical_or.accumulate(np.asarray(flips)[:, :view.n], axis=0)
+    over = np.flatnonzero(union.sum(axis=1) > b)
+    return union[over[0] if over.size else -1]
+
+
+def _kmeans_pp(x, valid, key, k, slots):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): first centre uniform, then D^2.
+    Returns (slots, d) centres of which the first k are used."""
+    xx = jnp.sum(x * x, 1)
+
+    def to(i):
+        return jnp.maximum(xx + xx[i] - 2.0 * (x @ x[i]), 0.0)
+
+    first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(valid, 0.0, -jnp.inf))
+    d2 = jnp.where(valid, to(first), 0.0).at[first].set(0.0)
+
+    def step(t, carry):
+        d2, idx = carry
+        logits = jnp.where(d2 > 0, jnp.log(jnp.where(d2 > 0, d2, 1.0)), -jnp.inf)
+        i = jax.random.categorical(jax.random.fold_in(key, t), logits)
+        i = jnp.where(jnp.sum(d2) > 0, i, first)  # fewer distinct points than k
+        return jnp.minimum(d2, to(i)).at[i].set(0.0), idx.at[t].set(i)
+
+    _, idx = jax.lax.fori_loop(1, k, step, (d2, jnp.full(slots, first, jnp.int32)))
+    return x[idx]
+
+
+@functools.partial(jax.jit, static_argnames=("slots",))
+def _kmeans(x, valid, key, k, slots, iters, tol):
+    """Lloyd's k-means (k <= slots centres) from a k-means++ start; stops after `iters`
+    or once the total squared centre shift is <= tol * mean feature variance (sklearn's
+    rule). Empty clusters keep their centre. Returns (labels, squared distance to own
+    centre, inertia)."""
+    w = valid.astype(x.dtype)
+    used = jnp.arange(slots) < k
+    mean = jnp.sum(x * w[:, None], 0) / jnp.sum(w)
+    tol = tol * jnp.mean(jnp.sum(w[:, None] * (x - mean) ** 2, 0) / jnp.sum(w))
+
+    def assign(c):
+        d2 = jnp.sum(x * x, 1)[:, None] + jnp.sum(c * c, 1)[None, :] - 2.0 * x @ c.T
+        d2 = jnp.where(used[None, :], d2, jnp.inf)
+        return jnp.argmin(d2, 1), jnp.maximum(jnp.min(d2, 1), 0.0)
+
+    def update(c):
+        onehot = jax.nn.one_hot(assign(c)[0], slots, dtype=x.dtype) * w[:, None]
+        count = jnp.sum(onehot, 0)
+        return jnp.where(count[:, None] > 0, (onehot.T @ x) / jnp.maximum(count, 1.0)[:, None], c)
+
+    def cond(s):
+        t, _, shift = s
+        return (t < iters) & (shift > tol)
+
+    def body(s):
+        t, c, _ = s
+        new = update(c)
+        return t + 1, new, jnp.sum((new - c) ** 2)
+
+    start_c = _kmeans_pp(x, valid, key, k, slots)
+    _, c, _ = jax.lax.while_loop(cond, body, (0, start_c, jnp.asarray(jnp.inf, x.dtype)))
+    labels, d2 = assign(c)
+    return labels, d2, jnp.sum(d2 * w)
+
+
+def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: str = "distinct",
+             kmeans_iters: int = 300, kmeans_inits: int = 10) -> np.ndarray:
+    """ALFA-Mix (Parvaneh et al., CVPR 2022; LoGo `alfa_mix.py`, closed-form alpha).
+
+    1. Candidates: `alfa_mix_candidates`.
+    2. More than b candidates: k-means with k = b on their L2-normalised features
+       (best of `kmeans_inits` k-means++ starts by inertia, at most `kmeans_iters`
+       Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1 `KMeans`, whose seeding
+       is the greedy k-means++ variant) and, per non-empty cluster, the candidate
+       nearest its centroid. At most b candidates: all of them
+       (k-means with k = #candidates gives each its own cluster).
+    3. Shortfall filled at random from the rest of the pool: fill="distinct" (default;
+       b distinct positions, as the paper's budget means) or "with_replacement" (the
+       reference's `np.random.choice` default; duplicates are dropped, so fewer than b
+       positions may come back, as the reference wastes that budget).
+    """
+    _check_alfa_mix(caps=caps, fill=fill, kmeans_iters=kmeans_iters, kmeans_inits=kmeans_inits)
+    done = start(view, b, "alfa_mix", features=True, labeled=True, head=True)
+    if done is not None:
+        return done
+    cand = np.flatnonzero(alfa_mix_candidates(view, b, caps=caps))
+    k_means, k_fill = jax.random.split(key)
+    if cand.size <= b:
+        chosen = cand
+    else:
+        h = jnp.asarray(view.feats, jnp.float32)[cand]
+        h = h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+        rows = _bucket(cand.size)
+        x, valid = _pad(h, rows), jnp.arange(rows) < cand.size
+        runs = [_kmeans(x, valid, jax.random.fold_in(k_means, r), b, _bucket(b), kmeans_iters, 1e-4)
+                for r in range(kmeans_inits)]
+        labels, d2, _ = min(runs, key=lambda run: float(run[2]))
+        labels, d2 = np.asarray(labels)[:cand.size], np.asarray(d2)[:cand.size]
+        order = np.lexsort((np.arange(cand.size), d2, labels))  # by cluster, then distance
+        first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
+        chosen = cand[first]
+    rest = np.setdiff1d(np.arange(view.n), chosen)
+    short = b - chosen.size
+    if short > 0 and fill == "distinct":
+        extra = rest[np.asarray(jax.random.permutation(k_fill, rest.size))[:short]]
+    elif short > 0:
+        extra = rest[np.asarray(jax.random.randint(k_fill, (short,), 0, rest.size))]
+    else:
+        extra = np.zeros(0, np.int64)
+    return np.unique(np.concatenate([chosen, extra])).astype(np.int64)
+
+
+def _check_alfa_mix(*, caps=ALFA_CAPS, fill="distinct", kmeans_iters=300, kmeans_inits=10):
+    if fill not in ("distinct", "with_replacement"):
+        raise ValueError(f"alfa_mix: fill={fill!r}; allowed: 'distinct' (default), 'with_replacement'")
+    try:
+        caps = [float(c) for c in caps]
+    except TypeError:
+        raise ValueError(f"alfa_mix: caps={caps!r} must be a sequence of positive numbers") from None
+    if not caps or min(caps) <= 0:
+        raise ValueError(f"alfa_mix: caps={caps!r} must be a non-empty sequence of positive numbers")
+    for name, v in (("kmeans_iters", kmeans_iters), ("kmeans_inits", kmeans_inits)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"alfa_mix: {name}={v!r} must be an int >= 1")
