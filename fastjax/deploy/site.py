@@ -166,7 +166,7 @@ def preliminary(config, node: NodeConfig) -> dict:
         reply.update(shape=json.dumps(list(site.images.shape[1:])), sum=x.sum(0),
                      sumsq=np.square(x).sum(0), count=len(x))
     if config.labeling.labeled_source == "shared":
-        reply.update(seed_z=z[site.seed_rows], seed_y=site.labels[site.seed_rows])
+        reply.update(seed_z=z[site.seed_rows], seed_y=site.labels[site.seed_rows].astype(np.int32))
     return reply
 
 
