@@ -42,7 +42,7 @@ def _tiny(cache, **over):
     c.encoder.name, c.encoder.variant, c.encoder.image_size = "efficientnet_lite0", "", 32
     c.encoder.batch_size, c.encoder.cache_dir = 100, str(cache)
     c.model.name, c.labeling.budget = "linear", 0.1
-    c.train.rounds, c.train.local_epochs, c.train.batch_size, c.train.lr = 3, 1, 32, 0.05
+    c.train.rounds, c.train.local_epochs, c.train.batch_size, c.train.lr = 2, 1, 32, 0.05
     c.train.checkpoint_every = 0
     for k, v in over.items():
         sect, key = k.split("__")
@@ -84,12 +84,12 @@ def test_sites_reproduce_the_simulation(reference, tmp_path):
     s = server.run_server(cfg, tmp_path / "server", server.LocalTransport(_nodes(tmp_path)),
                           log=lambda m: None)
     variables, step = _final(tmp_path / "server", cfg)
-    assert step == 3 and s["status"] == "done"
+    assert step == 2 and s["status"] == "done"
     _close(variables, ref_vars)
     assert s["annotations"] == ref["annotations"] == 30
     assert s["comm_mib"] == pytest.approx(ref["comm_mib"])  # the simulation's convention
     # Measured payloads: each round, each site gets and returns 1280 x 10 + 10 float32.
-    assert s["payload_bytes"]["train"]["up"] >= 3 * K * (1280 * 10 + 10) * 4
+    assert s["payload_bytes"]["train"]["up"] >= 2 * K * (1280 * 10 + 10) * 4
 
 
 def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
@@ -102,10 +102,10 @@ def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
     transport.dropped = {}
     server.run_server(cfg, tmp_path / "server", transport, log=lambda m: None)
     variables, step = _final(tmp_path / "server", cfg)
-    assert step == 3
+    assert step == 2
     _close(variables, ref_vars)  # a resumed run ends where an uninterrupted one does
     rounds = [json.loads(l)["round"] for l in open(tmp_path / "server" / "metrics.jsonl")]
-    assert rounds == [1, 2, 3]
+    assert rounds == [1, 2]
 
 
 def test_aggregate_mode_leaves_a_dropped_site_out(reference, tmp_path):
@@ -114,8 +114,8 @@ def test_aggregate_mode_leaves_a_dropped_site_out(reference, tmp_path):
     transport.dropped = {2: {1}}
     server.run_server(cfg, tmp_path / "server", transport, on_failure="aggregate", log=lambda m: None)
     recs = [json.loads(l) for l in open(tmp_path / "server" / "metrics.jsonl")]
-    assert [r["clients"] for r in recs] == [2, 1, 2]
-    assert recs[1]["dropped"] == [1] and "dropped" not in recs[2]
+    assert [r["clients"] for r in recs] == [2, 1]
+    assert recs[1]["dropped"] == [1] and "dropped" not in recs[0]
     state = (1280 * 10 + 10) * 4
     assert recs[1]["comm_mib"] - recs[0]["comm_mib"] == pytest.approx(2 * 1 * state / 2**20)
 
@@ -187,7 +187,7 @@ def test_human_annotations_on_one_site(reference, tmp_path):
                           f"--workdir={work}"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "line 1 lacks the column" in bad.stderr
     s = fast_main.run(human, work, progress=False)
-    assert s["annotations"] == 30 and s["rounds"] == 3
+    assert s["annotations"] == 30 and s["rounds"] == 2
     _close(_final(work, cfg)[0], ref_vars)
 
 
@@ -289,7 +289,7 @@ def test_flower_deployment_matches_the_simulation(reference, flower_cluster):
     summary = json.loads((tmp / "server" / "summary.json").read_text())
     assert summary["status"] == "done", log[-3000:]
     variables, step = _final(tmp / "server", cfg)
-    assert step == 3
+    assert step == 2
     _close(variables, ref_vars)
     assert summary["annotations"] == ref["annotations"]
     assert summary["comm_mib"] == pytest.approx(ref["comm_mib"])
@@ -317,9 +317,9 @@ def test_flower_supernode_dropping_out_mid_run(reference, flower_cluster):
     killer.start()
     log = _flwr_run(tmp, env, cfg, workdir, timeout=30)
     killer.join(timeout=5)
-    assert node1.poll() is not None
+    assert node1.poll() is not None, log[-3000:]
     assert "site 1 failed" in log and "checkpointed" in log, log[-3000:]
     rounds = [json.loads(l)["round"] for l in open(metrics)]
     last = rounds[-1]
-    assert last < 3 and _final(workdir, cfg)[1] == last
+    assert last == 1 and _final(workdir, cfg)[1] == 1
     assert not (workdir / "summary.json").exists()
