@@ -160,6 +160,29 @@ def test_human_annotations_across_sites(reference, tmp_path):
     _close(_final(tmp_path / "server", cfg)[0], ref_vars)
 
 
+def test_sites_with_their_own_image_folders(reference, tmp_path):
+    """A real deployment: each site reads its own folder (DIR/train/<class>/*.png)."""
+    from PIL import Image
+
+    from fastjax.methods import common
+
+    cfg, _, _ = reference
+    train, _ = common.load_data(cfg)
+    rng = np.random.default_rng(0)
+    sizes = {0: 40, 1: 30}
+    for k, n in sizes.items():
+        for j, i in enumerate(rng.choice(np.flatnonzero(train.labels < 3), n, replace=False)):
+            d = tmp_path / f"folder{k}" / "train" / f"digit{train.labels[i]}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(train.images[i, ..., 0]).save(d / f"{j:03d}.png")
+    nodes = [site.NodeConfig(k, K, data_folder=str(tmp_path / f"folder{k}"),
+                             workdir=str(tmp_path / f"site{k}")) for k in range(K)]
+    s = server.run_server(cfg, tmp_path / "server", server.LocalTransport(nodes), log=lambda m: None)
+    # Budget: 10% of all sites' samples, split over their unlabeled pools (Eq. 5).
+    assert s["labeling_budget"] == 7 and s["annotations"] == 7 and sum(s["client_budgets"]) == 7
+    assert [s["sites"][str(k)]["train_n"] for k in range(K)] == [40, 30]  # human+weak: all
+
+
 def test_human_annotations_on_one_site(reference, tmp_path):
     """The one-process job with a person as oracle: it stops after the preliminary pass
     with the query written; the CLI merges the answers; the rerun trains on them (true
