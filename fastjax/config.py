@@ -97,6 +97,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.active.reset = "random_init"  # random_init (LoGo's code) | continue (FAST-official's)
     c.active.query_model = "global"  # global (the paper) | local_only (LoGo's ablation)
     c.active.pool_batch_size = 1000  # forward passes over a client's pool
+    # Strategy options (fastjax.active.options_of(name) lists each strategy's own):
+    c.active.entropy_eps = 0.0  # 0: Shannon with 0 log 0 = 0 (LoGo); 1e-10: FAST-official
+    c.active.alfa_fill = "distinct"  # distinct (b distinct) | with_replacement (the reference)
+    c.active.gcnal_variant = "core"  # core (CoreGCN) | uncertain (UncertainGCN)
+    c.active.gcnal_features = "gcn"  # gcn (paper, LoGo's port) | backbone (the original code)
+    c.active.gcnal_subset = 10000  # unlabeled samples in the graph
+    c.active.gcnal_steps = 200  # Adam steps
+    c.active.logo_query_models = "local+global"  # local+global (LoGo) | global_only (FAST-official)
+    c.active.logo_n_init = 10  # k-means restarts (FAST-official's sklearn >= 1.4: 1)
+    c.active.local_only_epochs = 50  # LoGo's local-only model: at most this many epochs ...
+    c.active.local_only_stop = 0.99  # ... stopping at this training accuracy
+    c.active.kafal_partner = "single"  # KCFU mix partner: single (the reference) | permuted
+    c.active.ll4al_lam = 1.0  # weight of the loss-prediction loss (paper: 1)
+    c.active.ll4al_xi = 1.0  # its margin (paper: 1)
+    c.active.ll4al_detach_at = 0.6  # detach the module's input after this fraction of the FL rounds
+    c.active.ll4al_subset = 10000  # pool samples scored per query (the reference: 10,000)
     c.lock()
     return c
 

@@ -312,20 +312,6 @@ def test_alfa_mix_selects_from_candidates_then_fills():
     assert set(cand.tolist()) <= set(repl.tolist()) and repl.size <= b
 
 
-def test_kmeans_recovers_separated_blobs():
-    rng = np.random.default_rng(5)
-    centres = rng.normal(size=(6, D)) * 10
-    truth = np.repeat(np.arange(6), 12)
-    x = (centres[truth] + rng.normal(size=(72, D)) * 0.1).astype(np.float32)
-    rows = strat._bucket(72)
-    labels, d2, _ = strat._kmeans(strat._pad(x, rows), np.arange(rows) < 72, KEY, 6, 64, 100, 1e-4)
-    labels = np.asarray(labels)[:72]
-    # same partition as the truth, up to renaming
-    assert len(set(zip(labels.tolist(), truth.tolist()))) == 6 and len(set(labels.tolist())) == 6
-    own = ((x - np.stack([x[labels == k].mean(0) for k in range(6)])[labels]) ** 2).sum(1)
-    np.testing.assert_allclose(np.asarray(d2)[:72], own, rtol=1e-3, atol=1e-3)
-
-
 # ------------------------------------------------------------------ GCNAL
 
 

@@ -20,6 +20,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from fastjax.active import gcnal as _gcnal
+from fastjax.active import kafal as _kafal
+from fastjax.active import ll4al as _ll4al
+from fastjax.active import logo as _logo
 from fastjax.active import strategies as _s
 from fastjax.active.gcnal import GraphFit, fit_graph, gcn_adjacency
 from fastjax.active.strategies import (
@@ -37,10 +40,21 @@ STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
     "badge": _s.badge,
     "alfa_mix": _s.alfa_mix,
     "gcnal": _gcnal.gcnal,
+    # The three that change training or need more than the global model (issue #10):
+    "logo": _logo.logo_query,
+    "kafal": _kafal.kafal_query,
+    "ll4al": _ll4al.ll4al_query,
 }
-NEEDS_FEATURES = {"coreset", "badge", "alfa_mix", "gcnal"}
+NEEDS_FEATURES = {"coreset", "badge", "alfa_mix", "gcnal", "logo"}
+# What the loop must build before these query: a local-only model per client (LoGo), the
+# clients' models after their last local update (KAFAL), the loss-prediction module's
+# output (LL4AL); and the local objective their training uses.
+NEEDS_LOCAL_ONLY = {"logo"}
+NEEDS_CLIENT_MODELS = {"kafal"}
+NEEDS_LOSS_MODULE = {"ll4al"}
+OBJECTIVES = {"kafal": "kcfu", "ll4al": "ll4al"}
 NEEDS_HEAD = {"alfa_mix"}
-NEEDS_LABELED = {"alfa_mix", "gcnal"}
+NEEDS_LABELED = {"alfa_mix", "gcnal", "logo", "kafal"}
 
 # Option-value checks that run before any compute (each strategy also runs its own).
 _OPTION_CHECKS: dict[str, Callable[..., None]] = {
@@ -84,7 +98,8 @@ def query(name: str, view: PoolView, b: int, key, **options) -> np.ndarray:
 
 
 __all__ = [
-    "NEEDS_FEATURES", "NEEDS_HEAD", "NEEDS_LABELED", "STRATEGIES", "GraphFit", "PoolView",
+    "NEEDS_CLIENT_MODELS", "NEEDS_FEATURES", "NEEDS_HEAD", "NEEDS_LABELED", "NEEDS_LOCAL_ONLY",
+    "NEEDS_LOSS_MODULE", "OBJECTIVES", "STRATEGIES", "GraphFit", "PoolView",
     "alfa_mix_candidates", "badge_parts", "badge_sq_distances", "check_query", "fit_graph",
     "gcn_adjacency", "kcenter_greedy", "options_of", "query",
 ]

@@ -265,3 +265,18 @@ def _masked_mean(v, valid):
         return jnp.mean(v)
     m = jnp.asarray(valid, v.dtype)
     return jnp.sum(v * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def kafal_query(view, b: int, key) -> np.ndarray:
+    """KAFAL's KSAS as a query strategy of the registry: the view's `local_logits` (the
+    client's model after its last local update), `logits` (the global model) and
+    `class_counts`. `key` is unused (the score is deterministic; ties: lower position)."""
+    from fastjax.active.strategies import start
+
+    done = start(view, b, "kafal")
+    if done is not None:
+        return done
+    if view.local_logits is None or view.logits is None or view.class_counts is None:
+        raise ValueError("kafal needs the local and global models' logits on the pool and the client's "
+                         "labeled class counts (local_logits, logits, class_counts)")
+    return ksas_select(view.local_logits, view.logits, view.class_counts, int(b))

@@ -146,3 +146,21 @@ def ll4al_select(pred_loss, b: int) -> np.ndarray:
         raise ValueError(f"ll4al_select: budget b={b!r} must be an integer between 1 and the "
                          f"number of scored samples {s.shape[0]}.")
     return np.sort(np.argsort(-s, kind="stable")[:b])
+
+
+def ll4al_query(view, b: int, key, *, subset_size: int = 10_000) -> np.ndarray:
+    """LL4AL as a query strategy of the registry: the b largest predicted losses
+    (`view.pred_loss`, the global model's loss-prediction module) among a random subset
+    of `subset_size` pool samples (the reference scores a random 10,000; at least b)."""
+    from fastjax.active.strategies import start
+
+    if isinstance(subset_size, bool) or not isinstance(subset_size, int) or subset_size < 1:
+        raise ValueError(f"ll4al: subset_size={subset_size!r} must be an int >= 1")
+    done = start(view, b, "ll4al")
+    if done is not None:
+        return done
+    if view.pred_loss is None:
+        raise ValueError("ll4al needs the loss-prediction module's output on the pool (pred_loss)")
+    n = view.n
+    sub = np.sort(np.asarray(jax.random.permutation(key, n))[: max(int(b), min(subset_size, n))])
+    return np.sort(sub[ll4al_select(np.asarray(view.pred_loss)[sub], int(b))])

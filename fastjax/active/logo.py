@@ -127,3 +127,19 @@ def logo_select(local_probs, local_feats, global_probs, b: int, key, *, n_init: 
     _, labels, _ = kmeans(emb, int(b), key, n_init=n_init, max_iter=max_iter, tol=tol,
                           local_trials=local_trials, block_elems=block_elems)
     return logo_pick(np.asarray(labels), np.asarray(neg_entropy(global_probs)), int(b))
+
+
+def logo_query(view, b: int, key, *, n_init: int = 10, max_iter: int = 300) -> np.ndarray:
+    """LoGo as a query strategy of the registry: the macro step on the view's local model
+    (`local_probs`, `local_feats`), the micro step on its global `probs`. With
+    `active.logo_query_models=global_only` the loop passes the global model as the local
+    one (FAST-official's variant)."""
+    from fastjax.active.strategies import start
+
+    done = start(view, b, "logo")
+    if done is not None:
+        return done
+    if view.local_probs is None or view.local_feats is None:
+        raise ValueError("logo needs the local-only model's outputs on the pool (local_probs, local_feats)")
+    return logo_select(view.local_probs, view.local_feats, view.probs, int(b), key, n_init=n_init,
+                       max_iter=max_iter)

@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, object]] = {
     },
 }
 RESETS = ("random_init", "continue")
+LOGO_QUERY_MODELS = ("local+global", "global_only")
 QUERY_MODELS = ("global", "local_only")
 
 
@@ -64,13 +65,29 @@ def budget_fractions(initial: float, query: float, rounds: int) -> list[float]:
 
 def config_errors(config) -> list[str]:
     """Problems of the `active` section, for `fastjax.config.validate`."""
-    from fastjax.active.strategies import STRATEGIES
+    from fastjax.active import STRATEGIES, check_query
 
     a, errs = config.active, []
     if a.preset and a.preset not in PRESETS:
         errs.append(f"active.preset={a.preset!r} is not known; choose one of {sorted(PRESETS)}")
     if a.strategy not in STRATEGIES:
         errs.append(f"active.strategy={a.strategy!r} is not known; choose one of {sorted(STRATEGIES)}")
+    else:
+        try:
+            check_query(a.strategy, strategy_options(config))
+        except ValueError as e:
+            errs.append(f"active.* option of {a.strategy}: {e}")
+    if a.logo_query_models not in LOGO_QUERY_MODELS:
+        errs.append(f"active.logo_query_models={a.logo_query_models!r}; choose one of {LOGO_QUERY_MODELS}")
+    if a.local_only_epochs < 1 or not 0 < a.local_only_stop <= 1:
+        errs.append("active.local_only_epochs must be >= 1 and active.local_only_stop in (0, 1]")
+    if a.kafal_partner not in ("single", "permuted"):
+        errs.append(f"active.kafal_partner={a.kafal_partner!r}; choose 'single' (the reference) or 'permuted'")
+    if a.ll4al_lam < 0 or a.ll4al_xi < 0 or not 0 <= a.ll4al_detach_at <= 1:
+        errs.append("active.ll4al_lam and active.ll4al_xi must be >= 0, active.ll4al_detach_at in [0, 1]")
+    if a.strategy == "ll4al" and config.model.name == "linear":
+        errs.append("active.strategy='ll4al' taps intermediate feature maps, which the linear probe does not "
+                    "have; choose model.name=cnn4, resnet8_fast or resnet8_preact")
     if a.reset not in RESETS:
         errs.append(f"active.reset={a.reset!r}; choose one of {RESETS}")
     if a.query_model not in QUERY_MODELS:
@@ -89,3 +106,16 @@ def config_errors(config) -> list[str]:
     if a.pool_batch_size < 1:
         errs.append(f"active.pool_batch_size={a.pool_batch_size} must be >= 1")
     return errs
+
+
+def strategy_options(config) -> dict:
+    """The chosen strategy's keyword options, from the `active.*` config keys."""
+    a = config.active
+    return {
+        "entropy": {"eps": a.entropy_eps},
+        "alfa_mix": {"fill": a.alfa_fill},
+        "gcnal": {"variant": a.gcnal_variant, "coregcn_features": a.gcnal_features,
+                  "subset_size": a.gcnal_subset, "steps": a.gcnal_steps},
+        "logo": {"n_init": a.logo_n_init},
+        "ll4al": {"subset_size": a.ll4al_subset},
+    }.get(a.strategy, {})

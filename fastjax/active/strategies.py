@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastjax.active.kmeans import kmeans
+
 _BLOCK = 256  # labeled rows per distance block: memory is (padded pool) x _BLOCK floats
 
 
@@ -47,6 +49,13 @@ class PoolView:
     labeled_feats: (m, d) features of the client's labeled set (None iff feats is None).
     labeled_y:     (m,) int labels of the labeled set (oracle answers, in [0, C)).
     head_w, head_b: (d, C), (C,) final linear layer of the query model (ALFA-Mix).
+    For the strategies that read more than the global model's outputs (None otherwise):
+    logits:        (n, C) the global model's logits on the pool (KAFAL's KSAS).
+    local_probs, local_feats, local_logits: (n, C), (n, d'), (n, C) the client's own
+                   model on the pool: its local-only model (LoGo's macro step) or its
+                   model after its last local update (KAFAL).
+    class_counts:  (C,) the client's labeled samples per class (KAFAL's logit adjustment).
+    pred_loss:     (n,) the loss-prediction module's output on the pool (LL4AL).
     Shapes are checked on construction; values are checked by the strategies.
     """
 
@@ -56,6 +65,12 @@ class PoolView:
     labeled_y: Any
     head_w: Any = None
     head_b: Any = None
+    logits: Any = None
+    local_probs: Any = None
+    local_feats: Any = None
+    local_logits: Any = None
+    class_counts: Any = None
+    pred_loss: Any = None
 
     def __post_init__(self):
         if np.ndim(self.probs) != 2:
@@ -77,6 +92,16 @@ class PoolView:
                 got = None if self.labeled_feats is None else np.shape(self.labeled_feats)
                 raise ValueError(f"labeled_feats must be ({m}, {d}) (labeled_y rows, feats "
                                  f"columns); got {got}")
+        for name in ("logits", "local_probs", "local_logits"):
+            v = getattr(self, name)
+            if v is not None and np.shape(v) != (n, c):
+                raise ValueError(f"{name} must be ({n}, {c}) like probs; got {np.shape(v)}")
+        if self.local_feats is not None and (np.ndim(self.local_feats) != 2 or np.shape(self.local_feats)[0] != n):
+            raise ValueError(f"local_feats must be ({n}, d); got {np.shape(self.local_feats)}")
+        if self.class_counts is not None and np.shape(self.class_counts) != (c,):
+            raise ValueError(f"class_counts must be ({c},); got {np.shape(self.class_counts)}")
+        if self.pred_loss is not None and np.shape(self.pred_loss) != (n,):
+            raise ValueError(f"pred_loss must be ({n},); got {np.shape(self.pred_loss)}")
         if (self.head_w is None) != (self.head_b is None):
             raise ValueError("head_w and head_b come together; pass both or neither")
         if self.head_w is not None:
@@ -388,73 +413,15 @@ def alfa_mix_candidates(view: PoolView, b: int, *, caps=ALFA_CAPS) -> np.ndarray
     return union[over[0] if over.size else -1]
 
 
-def _kmeans_pp(x, valid, key, k, slots):
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): first centre uniform, then D^2.
-    Returns (slots, d) centres of which the first k are used."""
-    xx = jnp.sum(x * x, 1)
-
-    def to(i):
-        return jnp.maximum(xx + xx[i] - 2.0 * (x @ x[i]), 0.0)
-
-    first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(valid, 0.0, -jnp.inf))
-    d2 = jnp.where(valid, to(first), 0.0).at[first].set(0.0)
-
-    def step(t, carry):
-        d2, idx = carry
-        logits = jnp.where(d2 > 0, jnp.log(jnp.where(d2 > 0, d2, 1.0)), -jnp.inf)
-        i = jax.random.categorical(jax.random.fold_in(key, t), logits)
-        i = jnp.where(jnp.sum(d2) > 0, i, first)  # fewer distinct points than k
-        return jnp.minimum(d2, to(i)).at[i].set(0.0), idx.at[t].set(i)
-
-    _, idx = jax.lax.fori_loop(1, k, step, (d2, jnp.full(slots, first, jnp.int32)))
-    return x[idx]
-
-
-@functools.partial(jax.jit, static_argnames=("slots",))
-def _kmeans(x, valid, key, k, slots, iters, tol):
-    """Lloyd's k-means (k <= slots centres) from a k-means++ start; stops after `iters`
-    or once the total squared centre shift is <= tol * mean feature variance (sklearn's
-    rule). Empty clusters keep their centre. Returns (labels, squared distance to own
-    centre, inertia)."""
-    w = valid.astype(x.dtype)
-    used = jnp.arange(slots) < k
-    mean = jnp.sum(x * w[:, None], 0) / jnp.sum(w)
-    tol = tol * jnp.mean(jnp.sum(w[:, None] * (x - mean) ** 2, 0) / jnp.sum(w))
-
-    def assign(c):
-        d2 = jnp.sum(x * x, 1)[:, None] + jnp.sum(c * c, 1)[None, :] - 2.0 * x @ c.T
-        d2 = jnp.where(used[None, :], d2, jnp.inf)
-        return jnp.argmin(d2, 1), jnp.maximum(jnp.min(d2, 1), 0.0)
-
-    def update(c):
-        onehot = jax.nn.one_hot(assign(c)[0], slots, dtype=x.dtype) * w[:, None]
-        count = jnp.sum(onehot, 0)
-        return jnp.where(count[:, None] > 0, (onehot.T @ x) / jnp.maximum(count, 1.0)[:, None], c)
-
-    def cond(s):
-        t, _, shift = s
-        return (t < iters) & (shift > tol)
-
-    def body(s):
-        t, c, _ = s
-        new = update(c)
-        return t + 1, new, jnp.sum((new - c) ** 2)
-
-    start_c = _kmeans_pp(x, valid, key, k, slots)
-    _, c, _ = jax.lax.while_loop(cond, body, (0, start_c, jnp.asarray(jnp.inf, x.dtype)))
-    labels, d2 = assign(c)
-    return labels, d2, jnp.sum(d2 * w)
-
-
 def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: str = "distinct",
              kmeans_iters: int = 300, kmeans_inits: int = 10) -> np.ndarray:
     """ALFA-Mix (Parvaneh et al., CVPR 2022; LoGo `alfa_mix.py`, closed-form alpha).
 
     1. Candidates: `alfa_mix_candidates`.
     2. More than b candidates: k-means with k = b on their L2-normalised features
-       (best of `kmeans_inits` k-means++ starts by inertia, at most `kmeans_iters`
-       Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1 `KMeans`, whose seeding
-       is the greedy k-means++ variant) and, per non-empty cluster, the candidate
+       (`fastjax.active.kmeans`: best of `kmeans_inits` k-means++ starts by inertia, at
+       most `kmeans_iters` Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1
+       `KMeans`, whose seeding is the greedy k-means++ variant) and, per non-empty cluster, the candidate
        nearest its centroid. At most b candidates: all of them
        (k-means with k = #candidates gives each its own cluster).
     3. Shortfall filled at random from the rest of the pool: fill="distinct" (default;
@@ -475,9 +442,8 @@ def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: st
         h = h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), 1e-12)
         rows = _bucket(cand.size)
         x, valid = _pad(h, rows), jnp.arange(rows) < cand.size
-        runs = [_kmeans(x, valid, jax.random.fold_in(k_means, r), b, _bucket(b), kmeans_iters, 1e-4)
-                for r in range(kmeans_inits)]
-        labels, d2, _ = min(runs, key=lambda run: float(run[2]))
+        centers, labels, _ = kmeans(x, b, k_means, n_init=kmeans_inits, max_iter=kmeans_iters, mask=valid)
+        d2 = jnp.sum((x - centers[labels]) ** 2, axis=1)
         labels, d2 = np.asarray(labels)[:cand.size], np.asarray(d2)[:cand.size]
         order = np.lexsort((np.arange(cand.size), d2, labels))  # by cluster, then distance
         first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]

@@ -240,17 +240,19 @@ def make_eval_fn(model, preprocess: Callable):
 
 
 def make_features_fn(model, preprocess: Callable):
-    """features(variables, x, batch_size) -> (softmax probabilities (n, C), penultimate
-    features (n, d)) of the model in eval mode, as numpy (what query strategies read)."""
+    """features(variables, x, batch_size) -> (logits (n, C), softmax probabilities (n, C),
+    penultimate features (n, d)) of the model in eval mode, as float32 numpy (what query
+    strategies read)."""
     @jax.jit
     def forward(variables, xb):
         logits, h = model.apply(variables, preprocess(xb), train=False, outputs="features")
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), h.astype(jnp.float32)
+        logits = logits.astype(jnp.float32)
+        return logits, jax.nn.softmax(logits, axis=-1), h.astype(jnp.float32)
 
     def features(variables, x: np.ndarray, batch_size: int):
         if len(x) == 0:
-            c = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
-            return np.zeros((0,) + c[0].shape[1:], np.float32), np.zeros((0,) + c[1].shape[1:], np.float32)
+            shapes = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+            return tuple(np.zeros((0,) + s.shape[1:], np.float32) for s in shapes)
         return _batched(lambda xb: forward(variables, xb), x, batch_size)
 
     return features

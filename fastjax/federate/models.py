@@ -154,8 +154,18 @@ def _head(num_classes: int, h, zero_bias: bool = False):
 
 def head_params(variables) -> tuple:
     """(W (d, C), b (C,)) of a model's final linear layer (ALFA-Mix mixes features
-    through it)."""
-    head = variables["params"]["head"]
+    through it), found by name in the parameter tree (also inside wrapper modules)."""
+    def find(tree):
+        if "head" in tree:
+            return tree["head"]
+        for sub in tree.values():
+            if isinstance(sub, dict) and (hit := find(sub)) is not None:
+                return hit
+        return None
+
+    head = find(variables["params"])
+    if head is None:
+        raise ValueError("the model has no final linear layer named 'head'")
     return head["kernel"], head["bias"]
 
 

@@ -78,48 +78,72 @@ def _load_sets(path: Path):
 
 
 class _Querier:
-    """Scores each client's unlabeled pool with the query model and applies the strategy."""
+    """Scores each client's unlabeled pool with the query model(s) and applies the
+    strategy: the global model's outputs for every strategy, plus what LoGo (local-only
+    models), KAFAL (the clients' last local models) and LL4AL (the loss module) read."""
 
     def __init__(self, config, model, inputs, part_train, num_classes):
-        from fastjax.active.strategies import STRATEGIES
+        from fastjax.active import STRATEGIES
         from fastjax.federate import engine
 
         self.config, self.model, self.inputs = config, model, inputs
         self.part_train, self.num_classes = part_train, num_classes
-        self.strategy = STRATEGIES[config.active.strategy]
-        self.options = strategy_options(config)
+        self.name = config.active.strategy
+        self.strategy = STRATEGIES[self.name]
+        self.options = presets.strategy_options(config)
         self.features = engine.make_features_fn(model, inputs.preprocess)
+        self.pred_loss = None
+        if self.name == "ll4al":
+            from fastjax.active.ll4al import make_predicted_loss_fn
+
+            self.pred_loss = make_predicted_loss_fn(model, inputs.preprocess)
 
     def query(self, al_round: int, variables, labeled: list[np.ndarray], budgets, oracle_labels,
               local_vars=None) -> list[np.ndarray]:
-        """The new labeled sets after each client queries budgets[k] samples."""
-        from fastjax.active.strategies import PoolView
+        """The new labeled sets after each client queries budgets[k] samples.
+
+        local_vars: stacked per-client variables (leading client axis): the local-only
+        models (LoGo, or every strategy with active.query_model=local_only) or the
+        clients' models after their last local update (KAFAL)."""
+        from fastjax.active import NEEDS_CLIENT_MODELS, NEEDS_LOCAL_ONLY, PoolView
         from fastjax.federate.models import head_params
 
         a = self.config.active
+        bs = a.pool_batch_size
         out = []
         base = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1000 + al_round)
         for k, (ix, lab, b) in enumerate(zip(self.part_train, labeled, budgets)):
             pool = np.setdiff1d(ix, lab)
-            v = variables if local_vars is None else jax.tree.map(lambda t: t[k], local_vars)
-            probs, feats = self.features(v, self.inputs.train_x[pool], a.pool_batch_size)
-            _, lab_feats = self.features(v, self.inputs.train_x[lab], a.pool_batch_size)
-            w, bias = head_params(v)
-            view = PoolView(probs=probs, feats=feats, labeled_feats=lab_feats,
-                            labeled_y=oracle_labels(lab), head_w=np.asarray(w), head_b=np.asarray(bias))
+            x_pool, x_lab = self.inputs.train_x[pool], self.inputs.train_x[lab]
+            own = None if local_vars is None else jax.tree.map(lambda t: t[k], local_vars)
+            # The "global" outputs come from the query model: the global model, or the
+            # client's local-only model in LoGo's local_only ablation (LoGo itself uses both).
+            g = own if (a.query_model == "local_only" and self.name not in NEEDS_LOCAL_ONLY
+                        and self.name not in NEEDS_CLIENT_MODELS) else variables
+            logits, probs, feats = self.features(g, x_pool, bs)
+            lab_feats = self.features(g, x_lab, bs)[2]
+            w, bias = head_params(g)
+            labels = oracle_labels(lab)
+            extra = {}
+            if own is not None and (self.name in NEEDS_LOCAL_ONLY or self.name in NEEDS_CLIENT_MODELS):
+                extra["local_logits"], extra["local_probs"], extra["local_feats"] = self.features(own, x_pool, bs)
+            if self.name in NEEDS_LOCAL_ONLY and own is None:  # logo_query_models=global_only
+                extra["local_probs"], extra["local_feats"] = probs, feats
+            if self.name in NEEDS_CLIENT_MODELS:
+                extra["class_counts"] = np.bincount(labels, minlength=self.num_classes)
+            if self.pred_loss is not None:
+                extra["pred_loss"] = self.pred_loss(variables, x_pool, bs)
+            view = PoolView(probs=probs, feats=feats, labeled_feats=lab_feats, labeled_y=labels,
+                            head_w=np.asarray(w), head_b=np.asarray(bias), logits=logits, **extra)
             pos = np.asarray(self.strategy(view, int(b), jax.random.fold_in(base, k), **self.options),
                              np.int64)
-            if pos.size != int(b) or np.unique(pos).size != pos.size or (pos.size and (
+            # alfa_fill=with_replacement may return fewer (the reference's duplicates dropped).
+            if pos.size > int(b) or np.unique(pos).size != pos.size or (pos.size and (
                     pos.min() < 0 or pos.max() >= pool.size)):
                 raise RuntimeError(f"strategy {a.strategy!r} returned {pos.size} positions for a budget of "
                                    f"{b} on a pool of {pool.size} (client {k}); expected distinct positions")
             out.append(np.sort(np.concatenate([lab, pool[pos]])))
         return out
-
-
-def strategy_options(config) -> dict:
-    """Per-strategy options from the config (only those the chosen strategy takes)."""
-    return {}
 
 
 def run(config, workdir, *, progress: bool = True) -> dict:
@@ -190,8 +214,8 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                 pools = [len(ix) - len(lab) for ix, lab in zip(part.train, labeled)]
                 budgets = client_shares(int(a.query * n_total), pools)
                 local_vars = None
-                if a.query_model == "local_only":
-                    local_vars = _local_only(config, model, inputs, labeled, oracle, init(al), spec, al)
+                if needs_local_only(config):  # LoGo's raw_ckpt: the run's first random model
+                    local_vars = _local_only(config, model, inputs, labeled, oracle, init(1), spec, al)
                 labeled = querier.query(al, variables, labeled, budgets, oracle.query, local_vars)
             q_seconds = time.perf_counter() - t0
             _save_sets(sets_path, labeled, q_seconds)
@@ -261,7 +285,20 @@ def _local_only(config, model, inputs, labeled, oracle, init_vars, spec, al_roun
     clients = engine.stack_clients([inputs.train_x[ix] for ix in labeled],
                                    [oracle.query(ix) for ix in labeled])
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + al_round)
-    stacked, _ = train_local_only(model, init_vars, clients, batch_size=spec.batch_size, lr=spec.lr,
-                                  momentum=spec.momentum, weight_decay=spec.weight_decay,
-                                  preprocess=inputs.preprocess, key=key)
+    a = config.active
+    stacked, epochs = train_local_only(model, init_vars, clients, batch_size=spec.batch_size, lr=spec.lr,
+                                       momentum=spec.momentum, weight_decay=spec.weight_decay,
+                                       preprocess=inputs.preprocess, key=key, max_epochs=a.local_only_epochs,
+                                       stop_accuracy=a.local_only_stop)
+    log(f"local-only models: {epochs.min()}-{epochs.max()} epochs")
     return stacked
+
+
+def needs_local_only(config) -> bool:
+    """LoGo's macro step, or any strategy in LoGo's local_only query-model ablation."""
+    from fastjax.active import NEEDS_CLIENT_MODELS, NEEDS_LOCAL_ONLY
+
+    a = config.active
+    if a.strategy in NEEDS_LOCAL_ONLY:
+        return a.logo_query_models == "local+global"
+    return a.query_model == "local_only" and a.strategy not in NEEDS_CLIENT_MODELS
