@@ -156,8 +156,7 @@ def preliminary(config, node: NodeConfig) -> dict:
     reply = {"client": site.client, "n": len(site.sample_ids), "pool": len(site.pool_rows),
              "seeds": len(site.seed_rows), "dataset_size": site.dataset_size,
              "class_names": json.dumps(site.class_names)}
-    needs_z = config.model.name == "linear" or config.labeling.merge in ("human+weak", "human", "weak")
-    z = embed_site(site, config, node) if needs_z else None
+    z = embed_site(site, config, node)  # cached on disk for the refinement pass
     if config.model.name == "linear":
         z64 = z.astype(np.float64)
         reply.update(dim=z.shape[1], sum=z64.sum(0), sumsq=np.square(z64).sum(0), count=len(z))
@@ -197,11 +196,12 @@ def _label(site: Site, z: np.ndarray, config, msg: dict, oracle):
     own = ClientPool(k, site.seed_rows, site.labels[site.seed_rows], site.pool_rows)
     pools, emb, pos = [own], z, 0
     if lab.labeled_source == "shared":
+        # Rows len(z) + ... of `emb` hold the pooled seeds, client after client.
         counts = np.asarray(msg["shared_counts"], np.int64)
-        offsets = len(z) + np.concatenate([[0], np.cumsum(counts)[:-1]])
-        empty = np.zeros(0, np.int64)
-        pools = [own if j == k else ClientPool(j, offsets[j] + np.arange(counts[j]),
-                                               msg["shared_y"][offsets[j] - len(z):][:counts[j]], empty)
+        ends = np.cumsum(counts)
+        pools = [own if j == k else ClientPool(j, len(z) + np.arange(ends[j] - counts[j], ends[j]),
+                                               msg["shared_y"][ends[j] - counts[j]:ends[j]],
+                                               np.zeros(0, np.int64))
                  for j in range(len(counts))]
         emb, pos = np.concatenate([z, msg["shared_z"]]), k
     budget = int(msg["budget"]) if lab.merge in ("human+weak", "human") else None
