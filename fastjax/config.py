@@ -14,6 +14,7 @@ import ml_collections
 # lazily in `validate` so that reading a config stays cheap.
 LABEL_MERGES = ("human+weak", "human", "weak", "seed")
 LABEL_WHERE = ("client", "central")
+ORACLES = ("simulated", "annotations")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.labeling.where = "client"  # client (paper) | central (FAST-official: before partitioning)
     c.labeling.merge = "human+weak"  # human | weak | seed
     c.labeling.tie_break = "nearest"
+    # simulated: the dataset's hidden labels; annotations: a person, through
+    # <workdir>/query.csv and annotations.csv (python -m fastjax.label export / import)
+    c.labeling.oracle = "simulated"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn4"  # cnn4 | resnet8_fast | resnet8_preact | linear (linear probing)
@@ -113,6 +117,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config saved as JSON (a work directory's config.json, a Flower message):
+    `base_config()` updated with its values; a key this version lacks is refused."""
+    import json
+
+    c = base_config()
+    c.update(json.loads(text))
+    return c
+
+
 def train_spec(config):
     from fastjax.federate.engine import TrainSpec
 
@@ -154,6 +168,7 @@ def validate(config) -> None:
     choice("labeling.where", config.labeling.where, LABEL_WHERE)
     choice("labeling.merge", config.labeling.merge, LABEL_MERGES)
     choice("labeling.tie_break", config.labeling.tie_break, ("nearest", "lowest_class"))
+    choice("labeling.oracle", config.labeling.oracle, ORACLES)
     choice("model.name", config.model.name, MODELS)
     choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     choice("method", config.method, ("fast", "active"))
@@ -180,6 +195,10 @@ def validate(config) -> None:
         errs.append("labeling.where='central' already pools every seed; set labeling.labeled_source='own'")
     if config.labeling.merge in ("weak", "seed") and config.labeling.budget > 0:
         errs.append(f"labeling.merge={config.labeling.merge!r} queries no oracle; set labeling.budget=0")
+    if config.labeling.oracle == "annotations" and not (
+            config.labeling.merge in ("human+weak", "human") and config.labeling.budget > 0):
+        errs.append("labeling.oracle='annotations' needs a person to label something: "
+                    "labeling.merge 'human+weak' or 'human' and labeling.budget > 0")
     if config.data.train_limit < 0 or config.data.test_limit < 0:
         errs.append("data.train_limit and data.test_limit must be >= 0 (0 = everything)")
     if config.encoder.batch_size < 1 or config.encoder.image_size < 0:
