@@ -204,4 +204,4 @@ def ll4al_query(view, b: int, key, *, subset_size: int = 10_000) -> np.ndarray:
         raise ValueError("ll4al needs the loss-prediction module's output on the pool (pred_loss)")
     n = view.n
     sub = np.sort(np.asarray(jax.random.permutation(key, n))[: max(int(b), min(subset_size, n))])
-    return np.sort(sub[ll4al_select(np.asarray(view.pred_loss)[sub], int(b))])
+    return np.sort(sub[ll4al_select(np.asarray(view.pred_loss)[sub], int(b))]).astype(np.int64)
