@@ -14,6 +14,7 @@ import ml_collections
 # lazily in `validate` so that reading a config stays cheap.
 LABEL_MERGES = ("human+weak", "human", "weak", "seed")
 LABEL_WHERE = ("client", "central")
+ORACLES = ("simulated", "annotations")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.labeling.where = "client"  # client (paper) | central (FAST-official: before partitioning)
     c.labeling.merge = "human+weak"  # human | weak | seed
     c.labeling.tie_break = "nearest"
+    # simulated: the dataset's hidden labels; annotations: a person, through
+    # <workdir>/query.csv and annotations.csv (python -m fastjax.label export / import)
+    c.labeling.oracle = "simulated"
     # Weak-label policy (the paper's future work; label/filtering.py). Defaults: none.
     c.labeling.filter = "none"  # none | drop | weight (weak labels below filter_threshold)
     c.labeling.filter_by = "vote_share"  # vote_share | proto_margin
@@ -130,6 +134,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config saved as JSON (a work directory's config.json, a Flower message):
+    `base_config()` updated with its values; a key this version lacks is refused."""
+    import json
+
+    c = base_config()
+    c.update(json.loads(text))
+    return c
+
+
 def train_spec(config):
     from fastjax.federate.engine import TrainSpec
 
@@ -184,6 +198,7 @@ def validate(config) -> None:
     choice("labeling.where", config.labeling.where, LABEL_WHERE)
     choice("labeling.merge", config.labeling.merge, LABEL_MERGES)
     choice("labeling.tie_break", config.labeling.tie_break, ("nearest", "lowest_class"))
+    choice("labeling.oracle", config.labeling.oracle, ORACLES)
     choice("model.name", config.model.name, MODELS)
     choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     choice("method", config.method, ("fast", "active"))
@@ -230,6 +245,9 @@ def validate(config) -> None:
     if lab.soft_labels and lab.score_source == "prototype" and lab.normalize == "none":
         errs.append("labeling.soft_labels needs a distribution: with score_source='prototype' "
                     "set normalize='softmax' or 'sum'")
+    if lab.oracle == "annotations" and not (lab.merge in ("human+weak", "human") and lab.budget > 0):
+        errs.append("labeling.oracle='annotations' needs a person to label something: "
+                    "labeling.merge 'human+weak' or 'human' and labeling.budget > 0")
     if config.data.train_limit < 0 or config.data.test_limit < 0:
         errs.append("data.train_limit and data.test_limit must be >= 0 (0 = everything)")
     if config.encoder.batch_size < 1 or config.encoder.image_size < 0:

