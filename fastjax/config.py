@@ -19,6 +19,9 @@ LABEL_WHERE = ("client", "central")
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # JAX's persistent compilation cache for the CLI: "" = ~/.cache/fastjax/xla, "off" =
+    # none (env FASTJAX_COMPILATION_CACHE overrides; see fastjax/compile_cache.py).
+    c.compilation_cache_dir = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
