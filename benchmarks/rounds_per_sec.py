@@ -38,7 +38,7 @@ WORKLOADS = {
                             image=32, channels=3, classes=10),
     # For tests: proves the script works, measures nothing of interest.
     "tiny": dict(clients=3, samples=16, batch=8, epochs=None, steps=2, image=32, channels=3, classes=10),
-    "tiny-dirichlet": dict(clients=4, samples=None, dirichlet=0.1, total=64, batch=8, epochs=1, steps=None,
+    "tiny-dirichlet": dict(clients=2, samples=None, dirichlet=0.1, total=40, batch=4, epochs=1, steps=None,
                            image=32, channels=3, classes=10),
 }
 
