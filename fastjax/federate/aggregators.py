@@ -102,8 +102,6 @@ def fednova_weights(num_samples, num_steps, *, momentum: float = 0.0, **_) -> Li
     return Linear(c, 1.0 - jnp.sum(c), p, None)
 
 
-# FedProx (Li et al. 2020) aggregates as FedAvg; its proximal term
-# mu/2 ||w - w_global||^2 lives in the local loss (LocalSpec.prox_mu).
 WEIGHTS: dict[str, Callable[..., Linear]] = {
     "fedavg": fedavg_weights,
     "fedprox": fedavg_weights,
@@ -111,18 +109,18 @@ WEIGHTS: dict[str, Callable[..., Linear]] = {
 }
 
 
-def _stacked(name: str):
+def _stacked(name: str, doc: str):
     def aggregate(global_vars, client_vars, num_samples, num_steps, **options) -> dict[str, Any]:
         return combine(global_vars, client_vars, WEIGHTS[name](num_samples, num_steps, **options))
 
-    aggregate.__name__ = name
-    aggregate.__doc__ = WEIGHTS[name].__doc__
+    aggregate.__name__, aggregate.__doc__ = name, doc
     return aggregate
 
 
-fedavg = _stacked("fedavg")
-fedprox = _stacked("fedprox")
-fednova = _stacked("fednova")
+fedavg = _stacked("fedavg", fedavg_weights.__doc__)
+fedprox = _stacked("fedprox", "FedProx (Li et al. 2020) aggregates as FedAvg; its proximal term "
+                              "mu/2 ||w - w_global||^2 lives in the local loss (LocalSpec.prox_mu).")
+fednova = _stacked("fednova", fednova_weights.__doc__)
 
 AGGREGATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "fedavg": fedavg,
