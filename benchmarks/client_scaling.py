@@ -6,8 +6,9 @@
 
 Fixed per-client work (CNN-4, `--steps` local steps of `--batch` 32x32x3 images), clients
 in `--clients`; for each count and strategy: compile time, time per round (median of
---repeats), time per client and peak memory (device peak bytes where the backend reports
-them, else the process's peak RSS). Each point runs in its own process so peaks do not
+--repeats), time per client, the round's temporaries from XLA's compiled memory analysis
+and peak memory (device peak bytes where the backend reports them, else the process's
+peak RSS). `chunked` runs `--client-chunk` clients vmapped at a time. Each point runs in its own process so peaks do not
 carry over. `sharded` spreads clients over every device; on a CPU host it is measured
 with `--host-devices` forced XLA host devices. Writes JSON and a PNG plot.
 """
@@ -24,17 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(clients: int, steps: int, batch: int, strategy: str, conv_impl: str, repeats: int) -> dict:
-    """One point, in this process: round time and peak memory."""
+def measure(clients: int, steps: int, batch: int, strategy: str, conv_impl: str, repeats: int,
+            population: int = 0, client_chunk: int = 0, compute_dtype: str = "float32") -> dict:
+    """One point, in this process: round time, XLA's compiled memory analysis of the round
+    (temporaries: deterministic) and peak memory. `population` > clients: each round
+    selects `clients` of `population` (partial participation)."""
     import resource
 
     import jax
 
     from benchmarks.rounds_per_sec import fastjax_round
 
-    w = dict(clients=clients, samples=steps * batch, batch=batch, epochs=None, steps=steps, image=32,
-             channels=3, classes=10)
-    r = fastjax_round(strategy, conv_impl, w, repeats)
+    w = dict(clients=clients, population=population or clients, samples=steps * batch, batch=batch, epochs=None,
+             steps=steps, image=32, channels=3, classes=10)
+    r = fastjax_round(strategy, conv_impl, w, repeats, client_chunk=client_chunk, compute_dtype=compute_dtype)
     stats = jax.devices()[0].memory_stats() or {}
     r.update(clients=clients, devices=jax.device_count(), backend=jax.default_backend(),
              sec_per_client=r["sec_per_round"] / clients,
@@ -47,9 +51,10 @@ def _point(args, clients: int, strategy: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if strategy == "sharded" and args.host_devices:
         env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.host_devices}"
+    chunk = args.client_chunk if strategy == "chunked" else 0
     code = ("import json, sys; from benchmarks.client_scaling import measure; "
             f"print('RESULT ' + json.dumps(measure({clients}, {args.steps}, {args.batch}, {strategy!r}, "
-            f"{args.conv_impl!r}, {args.repeats})))")
+            f"{args.conv_impl!r}, {args.repeats}, client_chunk={chunk})))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:  # out of memory or another failure: recorded, not fatal
@@ -88,6 +93,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--strategies", default="vmap,sharded")
+    p.add_argument("--client-chunk", type=int, default=10, help="clients per chunk for the chunked strategy")
     p.add_argument("--conv-impl", default="im2col")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--host-devices", type=int, default=8, help="forced XLA host devices for 'sharded' on CPU")
@@ -110,7 +116,7 @@ def main(argv=None):
     plot(results, Path(args.png or path.with_suffix(".png")))
     rows = [r for r in results if "error" not in r]
     print(common.markdown_table(rows, ["strategy", "clients", "devices", "compile_seconds", "sec_per_round",
-                                       "sec_per_client", "peak_device_bytes", "peak_rss_bytes"]))
+                                       "sec_per_client", "temp_bytes", "peak_device_bytes", "peak_rss_bytes"]))
 
 
 if __name__ == "__main__":

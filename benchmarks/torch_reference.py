@@ -4,9 +4,13 @@ This is the execution model of Flower's NumPyClient and of the FAST authors' cod
 (Haoyuan-L/FAST-official, `src/client.py` / `src/server.py`): each client loads the global
 state, builds a fresh `torch.optim.SGD`, trains its local steps in train mode, and returns
 its full `state_dict`; the server takes the sample-weighted average of every entry (Flower's
-`FedAvg`). Clients run sequentially in one process on the CPU.
+`FedAvg`). Clients run sequentially in one process, on the same device as fastjax
+(`device="auto"`: CUDA when torch sees a GPU, else the CPU), data already on that device.
+On a GPU it runs as JAX does by default: TF32 for float32 matmuls and convolutions,
+cuDNN autotuning on. `compile=True` wraps the model in `torch.compile` (on a CPU that
+needs a C++ toolchain and can be slow; a failure is reported, not raised).
 
-    .venv/bin/python benchmarks/torch_reference.py --clients 10 --steps 5 --batch 64
+    .venv/bin/python benchmarks/torch_reference.py --clients 10 --steps 5 --batch 64 [--compile]
 
 prints `time_round(...)` as JSON.
 """
@@ -87,7 +91,7 @@ def _clone_state(model: nn.Module) -> "collections.OrderedDict[str, torch.Tensor
 
 def local_train(model: nn.Module, global_state: Mapping[str, torch.Tensor], images: torch.Tensor,
                 labels: torch.Tensor, *, steps: int, batch_size: int, lr: float, momentum: float,
-                weight_decay: float, seed: int):
+                weight_decay: float, seed: int, forward: nn.Module | None = None):
     """One client's local update, as a Flower `NumPyClient.fit` / FAST-official `Client.fit`.
 
     Loads `global_state` into `model`, builds a fresh SGD(lr, momentum, weight_decay), and runs
@@ -97,7 +101,8 @@ def local_train(model: nn.Module, global_state: Mapping[str, torch.Tensor], imag
 
     Returns (state_dict, num_samples, mean_loss): a detached copy of the full state (parameters
     and BN buffers), `len(images)` (FedAvg's weight, as in FAST-official), and the mean of
-    the per-step losses.
+    the per-step losses. `forward`: the module to call (e.g. `torch.compile(model)`, which
+    shares `model`'s parameters); default `model`.
     """
     n = int(images.shape[0])
     if n == 0 or steps < 1 or batch_size < 1:
@@ -107,13 +112,14 @@ def local_train(model: nn.Module, global_state: Mapping[str, torch.Tensor], imag
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    offsets = torch.arange(batch_size)
+    forward = model if forward is None else forward
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(images.device)
+    offsets = torch.arange(batch_size, device=images.device)
     losses = []
     for step in range(steps):
         idx = perm[(step * batch_size + offsets) % n]
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
+        loss = nn.functional.cross_entropy(forward(images[idx]), labels[idx])
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
@@ -140,7 +146,7 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float
     out = collections.OrderedDict()
     for key, ref in states[0].items():
         stacked = torch.stack([s[key].to(torch.float64) for s in states])
-        avg = torch.tensordot(w, stacked, dims=1)
+        avg = torch.tensordot(w.to(stacked.device), stacked, dims=1)
         if ref.dtype.is_floating_point:
             out[key] = avg.to(ref.dtype)
         else:
@@ -159,65 +165,104 @@ def _torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto": CUDA when torch sees a GPU, else the CPU; else the named device."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _like_jax(device: torch.device):
+    """On a GPU, torch as JAX runs by default: TF32 for float32 matmuls and convolutions
+    (XLA's default precision on Ampere and later), cuDNN autotuning."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _synthetic_clients(num_clients: int, samples: int, channels: int, image_size: int,
-                       num_classes: int, seed: int = 0):
+                       num_classes: int, seed: int = 0, device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(samples, channels, image_size, image_size, generator=g),
-             torch.randint(0, num_classes, (samples,), generator=g))
+    return [(torch.randn(samples, channels, image_size, image_size, generator=g).to(device),
+             torch.randint(0, num_classes, (samples,), generator=g).to(device))
             for _ in range(num_clients)]
 
 
 def time_round(num_clients: int, steps: int, batch_size: int, image_size: int = 32,
                channels: int = 3, num_classes: int = 10, repeats: int = 5, warmup: int = 1,
-               threads: int | None = None) -> dict:
+               threads: int | None = None, device: str = "auto", compile: bool = False,
+               compile_backend: str = "inductor") -> dict:
     """Wall-clock of federated rounds: every client's `local_train` in turn, then `fedavg`.
 
-    Synthetic float32 images (N, C, H, W) and int64 labels of the real shapes; each client holds
-    steps * batch_size samples. `warmup` untimed rounds, then `repeats` timed ones; the global
-    state carries over from round to round. `threads=None` keeps torch's default intra-op
-    thread count.
+    Synthetic float32 images (N, C, H, W) and int64 labels of the real shapes, held on
+    `device`; each client holds steps * batch_size samples. `warmup` untimed rounds, then
+    `repeats` timed ones (each ends with a device synchronisation); the global state carries
+    over from round to round. `threads=None` keeps torch's default intra-op thread count.
+    `compile`: the model's forward through `torch.compile(backend=compile_backend)`; if that
+    fails (e.g. no C++ compiler for inductor on a CPU), the result holds `error` instead of
+    timings.
 
-    Returns a dict with: backend ("torch"), round_seconds (list, one per timed round),
-    sec_per_round (median), samples_per_sec (num_clients * steps * batch_size / sec_per_round),
+    Returns a dict with: backend ("torch"), device, tf32, compiled, round_seconds (list, one
+    per timed round), sec_per_round (median), first_round_seconds (warm-up, compile
+    included), samples_per_sec (num_clients * steps * batch_size / sec_per_round),
     num_clients, steps, batch_size, image_size, channels, num_classes, repeats, warmup,
     threads (the count used), torch_version.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats}, warmup={warmup}: need repeats >= 1, warmup >= 0.")
     samples = steps * batch_size
-    with _torch_threads(threads) as used_threads:
+    dev = resolve_device(device)
+    info = {"backend": "torch", "device": str(dev), "tf32": dev.type == "cuda", "compiled": bool(compile),
+            "compile_backend": compile_backend if compile else None, "num_clients": num_clients,
+            "steps": steps, "batch_size": batch_size, "image_size": image_size, "channels": channels,
+            "num_classes": num_classes, "repeats": repeats, "warmup": warmup,
+            "torch_version": torch.__version__}
+    with _torch_threads(threads) as used_threads, _like_jax(dev):
+        info["threads"] = used_threads
         torch.manual_seed(0)
-        model = make_cnn4(channels, num_classes, image_size)
+        model = make_cnn4(channels, num_classes, image_size).to(dev)
+        forward = torch.compile(model, backend=compile_backend) if compile else model
         global_state = _clone_state(model)
-        clients = _synthetic_clients(num_clients, samples, channels, image_size, num_classes)
+        clients = _synthetic_clients(num_clients, samples, channels, image_size, num_classes, device=dev)
         round_seconds = []
-        for r in range(warmup + repeats):
+        for r in range(max(warmup, 1 if compile else 0) + repeats):
+            _sync(dev)
             t0 = time.perf_counter()
-            results = [local_train(model, global_state, x, y, steps=steps, batch_size=batch_size,
-                                   lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM,
-                                   weight_decay=DEFAULT_WEIGHT_DECAY, seed=r * num_clients + c)
-                       for c, (x, y) in enumerate(clients)]
+            try:
+                results = [local_train(model, global_state, x, y, steps=steps, batch_size=batch_size,
+                                       lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM,
+                                       weight_decay=DEFAULT_WEIGHT_DECAY, seed=r * num_clients + c,
+                                       forward=forward)
+                           for c, (x, y) in enumerate(clients)]
+            except Exception as e:  # torch.compile's backends fail in many ways off a GPU
+                if not compile or round_seconds:
+                    raise
+                return {**info, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
             global_state = fedavg([s for s, _, _ in results], [n for _, n, _ in results])
+            _sync(dev)
             elapsed = time.perf_counter() - t0
-            if r >= warmup:
+            if r == 0:
+                info["first_round_seconds"] = elapsed
+            if r >= max(warmup, 1 if compile else 0):
                 round_seconds.append(elapsed)
     sec_per_round = common.median(round_seconds)
-    return {
-        "backend": "torch",
-        "round_seconds": round_seconds,
-        "sec_per_round": sec_per_round,
-        "samples_per_sec": num_clients * samples / sec_per_round,
-        "num_clients": num_clients,
-        "steps": steps,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "channels": channels,
-        "num_classes": num_classes,
-        "repeats": repeats,
-        "warmup": warmup,
-        "threads": used_threads,
-        "torch_version": torch.__version__,
-    }
+    return {**info, "round_seconds": round_seconds, "sec_per_round": sec_per_round,
+            "samples_per_sec": num_clients * samples / sec_per_round}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -232,10 +277,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument("--compile-backend", default="inductor")
     args = parser.parse_args(argv)
     result = time_round(args.clients, args.steps, args.batch, image_size=args.image_size,
                         channels=args.channels, num_classes=args.classes, repeats=args.repeats,
-                        warmup=args.warmup, threads=args.threads)
+                        warmup=args.warmup, threads=args.threads, device=args.device,
+                        compile=args.compile, compile_backend=args.compile_backend)
     print(json.dumps(result, indent=2))
 
 

@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "fast"  # fast (the one-shot job) | active (the iterative FAL loop it is compared with)
     c.seed = 0
+    # JAX's persistent compilation cache for the CLI: "" = ~/.cache/fastjax/xla, "off" =
+    # none (env FASTJAX_COMPILATION_CACHE overrides; see fastjax/compile_cache.py).
+    c.compilation_cache_dir = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
@@ -99,7 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.aggregator = "fedavg"
     c.train.prox_mu = 0.0
     c.train.participation = 1.0
-    c.train.strategy = "vmap"
+    c.train.strategy = "vmap"  # vmap | sequential | sharded | chunked | bucketed
+    c.train.compute_dtype = "float32"  # bfloat16: mixed precision (f32 master weights)
+    c.train.client_chunk = 0  # chunked: clients per chunk (or set chunk_memory_mb)
+    c.train.chunk_memory_mb = 0.0  # chunked: clients per chunk from this device-memory budget
     c.train.eval_every = 1
     c.train.checkpoint_every = 10
     c.train.eval_batch_size = 1000
@@ -154,6 +160,7 @@ def train_spec(config):
         lr_decay=t.lr_decay, lr_decay_every=t.lr_decay_every, lr_drop_at=t.lr_drop_at,
         lr_drop_factor=t.lr_drop_factor, aggregator=t.aggregator,
         prox_mu=t.prox_mu, participation=t.participation, strategy=t.strategy,
+        compute_dtype=t.compute_dtype, client_chunk=t.client_chunk, chunk_memory_mb=t.chunk_memory_mb,
         eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         eval_batch_size=t.eval_batch_size, seed=config.seed)
 

@@ -88,6 +88,9 @@ def main(argv=None):
             _error("--config is required, e.g. --config configs/demo.py")
         name = Path(flags.FLAGS["config"].config_filename.split(":")[0]).stem
         workdir = flags.FLAGS.workdir or os.path.join("runs", name)
+        from fastjax import compile_cache
+
+        compile_cache.enable(cfg.compilation_cache_dir)
         try:
             run(cfg, workdir, progress=flags.FLAGS.progress)
         except KeyboardInterrupt:

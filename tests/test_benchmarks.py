@@ -3,6 +3,7 @@ outputs (no timing assertions: speed is measured by the scripts, not tested)."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,38 @@ def test_fast_walltime_tiny(tmp_path):
     d = json.loads((tmp_path / "w.json").read_text())
     assert set(d["wall_seconds"]) >= {"encode", "label", "train"}
     assert d["paper_table3"]["fast_total_seconds"] == 7342.52
+
+
+def test_rounds_per_sec_dirichlet_bucketed_has_no_masked_steps(tmp_path):
+    _run(["benchmarks/rounds_per_sec.py", "--workload", "tiny-dirichlet", "--json", str(tmp_path / "d.json"),
+          "--repeats", "1", "--strategies", "vmap,bucketed", "--conv-impls", "im2col", "--critical-path",
+          "--peers", "none"])
+    rows = {r["name"]: r for r in json.loads((tmp_path / "d.json").read_text())["results"]}
+    assert rows["fastjax-bucketed-im2col"]["masked_step_fraction"] == 0.0
+    assert rows["fastjax-vmap-im2col"]["masked_step_fraction"] > 0.0  # Dir(0.1) sizes are ragged
+    assert rows["fastjax-critical-path-im2col"]["clients"] == 1
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "ml_collections")),
+                    reason="needs torch, transformers and ml_collections")
+def test_gpu_suite_dry_run(tmp_path):
+    # The accelerator suite, every section, at tiny sizes on the CPU (~100 s on 2 busy cores).
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(out), "--dry-run"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["suite.json", "suite.md"]  # nothing else comes back
+    d = json.loads((out / "suite.json").read_text())
+    assert set(d["sections"]) == {"rounds", "scaling", "fast", "knn", "siglip"}
+    for name, sec in d["sections"].items():
+        assert sec["dry_run"] and sec["device"]["jax_backend"] == "cpu"
+        assert sec["rows"] and not sec["skipped"], (name, sec["skipped"])
+        for r in sec["rows"]:
+            assert "error" not in r, (name, r)
+    rounds = {r["row"]: r for r in d["sections"]["rounds"]["rows"]}
+    assert rounds["tiny torch"]["device"] == "cpu" and rounds["tiny torch-compile"]["compiled"]
+    assert rounds["tiny-dirichlet fastjax-bucketed-im2col-float32"]["masked_step_fraction"] == 0.0
+    assert {g["goal"] for g in d["goals"]} >= {"paper round <= 0.3 s", "kNN first call <= 2 s"}
+    assert all(g["met"] is None for g in d["goals"])  # a dry run judges nothing
+    md = (out / "suite.md").read_text()
+    assert "Dry run" in md and "## SigLIP" in md and "## FAST job" in md

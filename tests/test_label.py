@@ -168,6 +168,27 @@ def test_knn_fewer_labeled_than_k_uses_all():
     assert (weak == 1).all()
 
 
+def test_knn_and_prototypes_compile_once_per_shape_bucket():
+    from fastjax.label import propagate
+
+    assert [propagate._count_bucket(m) for m in (1, 2, 3, 4, 5, 6, 7, 9, 13, 25)] == [1, 2, 3, 4, 6, 6, 8, 12, 16, 32]
+    rng = np.random.default_rng(11)
+    sizes = [(200, 37), (230, 40), (250, 45)]  # 7-8 unlabeled blocks of 32, 5-6 labeled of 8
+    compiles = []
+    for n, n_l in sizes:
+        zu = rng.normal(size=(n, 8)).astype(np.float32)
+        zl = rng.normal(size=(n_l, 8)).astype(np.float32)
+        yl = rng.integers(0, 5, size=n_l)
+        weak, votes = knn_propagate(zu, zl, yl, 5, k=5, block_size=32, labeled_block_size=8)
+        s, present = prototype_similarity(zu, zl, yl, 5, block_size=32)
+        compiles.append((propagate._knn._cache_size(), propagate._prototypes._cache_size()))
+        rw, rv = ref_knn(zu, zl, yl, 5, 5)
+        np.testing.assert_array_equal(weak, rw)
+        np.testing.assert_allclose(votes, rv, atol=1e-6)
+        np.testing.assert_allclose(s[:, present], ref_prototype(zu, zl, yl, 5)[0][:, present], atol=1e-5)
+    assert compiles[0] == compiles[1] == compiles[2], compiles  # no compile after the first size
+
+
 # ----------------------------------------------------------------- prototypes
 
 
@@ -767,3 +788,27 @@ def test_client_training_sets_maps_a_central_result_onto_clients():
     kept = set(dropped.train_idx[0].tolist())
     for part, (idx, *_rest) in zip(parts, client_training_sets(dropped, parts)):
         assert idx.tolist() == [i for i in part.tolist() if i in kept]
+
+
+def test_compilation_cache_opt_out_and_directory(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastjax import compile_cache
+
+    monkeypatch.delenv(compile_cache.ENV, raising=False)
+    assert compile_cache.resolve("") == Path("~/.cache/fastjax/xla").expanduser()
+    assert compile_cache.resolve("off") is None
+    assert compile_cache.resolve(str(tmp_path)) == tmp_path
+    monkeypatch.setenv(compile_cache.ENV, "off")
+    assert compile_cache.resolve(str(tmp_path)) is None
+    # Enabled (in a fresh process, so this one's JAX settings stay as they are), a
+    # compiled program lands on disk.
+    code = ("from fastjax import compile_cache as c; c.MIN_COMPILE_SECONDS = 0; c.enable(); import jax, "
+            "jax.numpy as jnp; jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((8, 8))).block_until_ready()")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, **{compile_cache.ENV: str(tmp_path / "xla")}, PYTHONPATH=str(root))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert any(p.name.startswith("jit_") for p in (tmp_path / "xla").iterdir())

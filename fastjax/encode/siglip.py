@@ -64,7 +64,12 @@ def _act(name):
     return acts[name]
 
 
-def _modules():
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+
+def _modules(attention: str | None = None):
+    """The Flax modules; `attention` is `jax.nn.dot_product_attention`'s implementation
+    (None: JAX's choice; "cudnn": cuDNN's fused flash attention, GPU and bf16 only)."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -78,12 +83,11 @@ def _modules():
             return nn.Dense(self.cfg.hidden_size, name="fc2")(_act(self.cfg.hidden_act)(x))
 
     def attend(q, k, v, heads):
+        # Scaled dot-product attention, softmax in float32, scale 1/sqrt(head_dim).
         b, lq, d = q.shape
-        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads)
-        q, k, v = split(q), split(k), split(v)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // heads) ** -0.5
-        w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-        return jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, lq, d)
+        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads)  # noqa: E731
+        out = jax.nn.dot_product_attention(split(q), split(k), split(v), implementation=attention)
+        return out.reshape(b, lq, d)
 
     class SelfAttention(nn.Module):
         cfg: SiglipVisionConfig
@@ -254,15 +258,19 @@ def locate(checkpoint=None, variant=None) -> Path:
                                 accept_safetensors)
 
 
-def load(checkpoint=None, variant=None, dtype="float32") -> core.Encoder:
-    """Load a SigLIP vision tower from a local HF checkpoint (no hub access)."""
+def load(checkpoint=None, variant=None, dtype="float32", attention: str | None = None) -> core.Encoder:
+    """Load a SigLIP vision tower from a local HF checkpoint (no hub access).
+
+    attention: `jax.nn.dot_product_attention`'s implementation (see `_modules`)."""
     import jax.numpy as jnp
 
+    if attention not in ATTENTION_IMPLS:
+        raise ValueError(f"siglip: attention={attention!r}; allowed: {ATTENTION_IMPLS}")
     weights = locate(checkpoint, variant)
     cfg, cfg_files = read_config(weights, variant or DEFAULT_VARIANT, SiglipVisionConfig.from_dict,
                                  PRESETS, "siglip")
     params = convert_state_dict(core.read_safetensors(weights), cfg)
-    module = _modules()(cfg)
+    module = _modules(attention)(cfg)
 
     def apply(params, images):
         return module.apply({"params": params}, images)

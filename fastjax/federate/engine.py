@@ -94,6 +94,9 @@ class TrainSpec:
     prox_mu: float = 0.0
     participation: float = 1.0
     strategy: str = "vmap"
+    compute_dtype: str = "float32"  # "bfloat16": mixed precision local training
+    client_chunk: int = 0  # chunked strategy: clients per chunk...
+    chunk_memory_mb: float = 0.0  # ...or chosen from this memory budget
     eval_every: int = 1
     checkpoint_every: int = 10
     eval_batch_size: int = 1000
@@ -137,6 +140,15 @@ class TrainSpec:
             errs.append(f"train.participation={self.participation} must be in (0, 1]")
         if self.strategy not in execution.STRATEGIES:
             errs.append(f"train.strategy={self.strategy!r}; choose one of {execution.STRATEGIES}")
+        if self.compute_dtype not in local.COMPUTE_DTYPES:
+            errs.append(f"train.compute_dtype={self.compute_dtype!r}; choose one of {local.COMPUTE_DTYPES}")
+        if self.client_chunk < 0 or self.chunk_memory_mb < 0:
+            errs.append(f"train.client_chunk={self.client_chunk} and train.chunk_memory_mb="
+                        f"{self.chunk_memory_mb} must be >= 0")
+        elif self.strategy == "chunked" and (self.client_chunk > 0) == (self.chunk_memory_mb > 0):
+            errs.append("train.strategy='chunked' needs exactly one of train.client_chunk > 0 (clients "
+                        "per chunk) or train.chunk_memory_mb > 0 (a memory budget); got client_chunk="
+                        f"{self.client_chunk}, chunk_memory_mb={self.chunk_memory_mb}")
         if self.eval_every < 1 or self.checkpoint_every < 0:
             errs.append("train.eval_every must be >= 1 and train.checkpoint_every >= 0")
         if errs:
@@ -165,10 +177,11 @@ def state_bytes(variables) -> int:
 
 
 def padding_waste(n: np.ndarray, steps: np.ndarray, batch_size: int, max_steps: int,
-                  by_epochs: bool = True) -> float:
-    """Fraction of the compiled sample slots that are padding: masked work for the
-    vmap and sharded strategies (the sequential one skips padded steps, but still pays
-    for the padded part of each client's last partial batch)."""
+                  by_epochs: bool = True, strategy: str = "vmap", client_chunk: int = 0) -> float:
+    """Fraction of the compiled sample slots that are padding: masked steps (vmap,
+    sharded and chunked run each vmapped group to its largest step count; sequential
+    and bucketed run none) plus the padded part of each epoch's last partial batch.
+    `max_steps` bounds the vmap strategy's loop."""
     used = 0
     for nk, sk in zip(n.tolist(), steps.tolist()):
         if nk == 0:
@@ -179,7 +192,11 @@ def padding_waste(n: np.ndarray, steps: np.ndarray, batch_size: int, max_steps: 
         spe = -(-nk // batch_size)
         full, rest = divmod(sk, spe)
         used += full * nk + min(rest * batch_size, nk)
-    total = len(n) * max_steps * batch_size
+    if strategy in ("vmap", "sharded"):
+        executed = len(n) * max_steps
+    else:
+        executed = execution.executed_steps(strategy, steps, chunk=client_chunk)
+    total = executed * batch_size
     return 1.0 - used / total if total else 0.0
 
 
@@ -208,7 +225,8 @@ def local_spec(spec: TrainSpec) -> local.LocalSpec:
     by_epochs = spec.local_steps is None
     return local.LocalSpec(spec.batch_size, spec.momentum, spec.weight_decay,
                            spec.prox_mu if spec.aggregator == "fedprox" else 0.0,
-                           epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs)
+                           epochs=spec.local_epochs if by_epochs else 1, by_epochs=by_epochs,
+                           compute_dtype=spec.compute_dtype)
 
 
 def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
@@ -217,15 +235,13 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
     round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key) -> (vars, stats)
     where x, y, n, steps are already the selected clients' rows.
     """
-    run = execution.lift(local.make_local_update(model, local_spec(spec), preprocess),
-                         spec.strategy, mesh)
-    aggregate = aggregators.AGGREGATORS[spec.aggregator]
+    run = execution.lift(local.make_local_update(model, local_spec(spec), preprocess), spec.strategy, mesh,
+                         chunk=spec.client_chunk, chunk_memory_bytes=spec.chunk_memory_mb * MIB)
+    weights = aggregators.WEIGHTS[spec.aggregator]
 
     def round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key):
         keys = jax.vmap(lambda i: client_key(round_key, i))(client_ids)
-        client_vars, stats = run(global_vars, x, y, n, steps, lr, keys)
-        new_vars = aggregate(global_vars, client_vars, n, steps, momentum=spec.momentum)
-        return new_vars, stats
+        return run(global_vars, x, y, n, steps, lr, keys, weights(n, steps, momentum=spec.momentum))
 
     return jax.jit(round_fn)
 
@@ -312,7 +328,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     max_steps = int(steps_all.max())
     if max_steps == 0:
         raise ValueError("every client has an empty training set")
-    waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None)
+    waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None,
+                          spec.strategy, spec.client_chunk)
 
     x_dev = jnp.asarray(clients.x)
     y_dev = jax.tree.map(jnp.asarray, clients.labels())

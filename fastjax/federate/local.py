@@ -7,7 +7,7 @@ its own number of steps (`steps[k]`, e.g. local_epochs * ceil(n_k / batch)) as a
 dynamic loop bound: run one client at a time (`sequential`) it executes exactly those
 steps; vmapped, the batched loop runs to the largest bound and leaves finished clients'
 parameters, optimiser and BatchNorm state unchanged (that masked work is what
-`engine.padding_waste` reports).
+`engine.padding_waste` reports, and what the `bucketed` strategy avoids).
 With local epochs (the paper's setting), each epoch visits the client's own samples
 in a fresh random order, drawn once per epoch; the last batch of an epoch may be
 partial, its padding masked out of the loss and of the BatchNorm statistics (as
@@ -19,6 +19,16 @@ Labels `y` are integer classes (max_n,), or soft targets (max_n, C) (the cross-e
 loss exactly), or either paired with per-sample loss weights as a tuple (y, w): the
 batch loss is sum_i w_i ce_i / (number of real samples in the batch), so weights of 1
 give the unweighted numbers.
+
+The update is three pieces, so a strategy can run any range of a client's steps:
+`init` (state from the global model and the client's data order), `run` (steps
+[start, stop) of the client's flat step sequence) and `finish` (variables and stats).
+`local_update = finish(run(init(...), 0, steps))`.
+
+Mixed precision (`compute_dtype="bfloat16"`): the forward and backward passes run in
+bfloat16 (parameters and inputs cast inside the loss), while the master parameters,
+the momentum buffer, BatchNorm statistics and the loss stay float32; gradients arrive
+in float32 through the cast.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +53,7 @@ class LocalSpec:
     prox_mu: float = 0.0  # FedProx proximal weight; 0 = plain local SGD
     epochs: int = 1  # local epochs (1 with fixed local steps)
     by_epochs: bool = False  # True: epochs of partial-last-batch passes; False: fixed local steps
+    compute_dtype: str = "float32"  # "bfloat16": bf16 compute, f32 master weights and optimiser
 
 
 def steps_per_client(num_samples, batch_size: int, local_epochs: int | None, local_steps: int | None):
@@ -51,8 +64,6 @@ def steps_per_client(num_samples, batch_size: int, local_epochs: int | None, loc
     if local_steps is not None:
         return np.where(n > 0, int(local_steps), 0).astype(np.int32)
     return (int(local_epochs) * -(-n // batch_size)).astype(np.int32)
-
-
 
 
 def _fmix32(h):
@@ -93,29 +104,62 @@ def cross_entropy(logits, targets):
     return _soft_cross_entropy(logits, targets)
 
 
-def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array]):
-    """Returns local_update(global_vars, x, y, n, steps, lr, key) -> (vars, stats).
+@dataclasses.dataclass(frozen=True)
+class LocalUpdate:
+    """One client's local update, whole (`__call__`) or in pieces.
+
+    init(global_vars, x, n, key) -> state
+    run(state, global_vars, x, y, n, steps, lr, start, stop) -> state
+        steps [start, min(stop, steps)) of the client's flat step sequence (epoch after
+        epoch); start and stop may be traced scalars.
+    finish(state, steps) -> (vars, stats), stats = {'loss': mean over the taken steps,
+        'steps': steps taken}.
+    __call__(global_vars, x, y, n, steps, lr, key) -> (vars, stats)
+    """
+
+    init: Callable
+    run: Callable
+    finish: Callable
+
+    def __call__(self, global_vars, x, y, n, steps, lr, key):
+        state = self.init(global_vars, x, n, key)
+        state = self.run(state, global_vars, x, y, n, steps, lr, 0, steps)
+        return self.finish(state, steps)
+
+
+def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array]) -> LocalUpdate:
+    """The local update of `model` under `spec` (see `LocalUpdate` for the signatures).
 
     x: (max_n, ...) raw client samples (padded), y: (max_n,) int labels, (max_n, C) soft
     targets, or a tuple (labels, weights (max_n,)) (module docstring); n: number of real
     samples, steps: this client's step count (a dynamic loop bound), lr: scalar, key: PRNG.
-    stats: {'loss': mean loss over taken steps, 'steps': steps taken}.
     """
+    if spec.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={spec.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
     tx = optax.chain(optax.add_decayed_weights(spec.weight_decay), optax.trace(decay=spec.momentum))
     b = spec.batch_size
+    cdt = jnp.dtype(spec.compute_dtype)
+
+    def to_compute(tree):
+        if cdt == jnp.float32:
+            return tree
+        return jax.tree.map(lambda a: a.astype(cdt) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
     def loss_fn(params, batch_stats, global_params, xb, yb, valid, wb):
-        variables = {"params": params}
+        variables = {"params": to_compute(params)}
+        xb = xb.astype(cdt) if jnp.issubdtype(xb.dtype, jnp.floating) else xb
         if batch_stats is not None:
+            # BatchNorm statistics stay float32 (Flax reduces in float32).
             variables["batch_stats"] = batch_stats
             # Fixed-step batches are always full: no BatchNorm masking needed.
             mask = None if not spec.by_epochs else valid
             logits, new_state = model.apply(variables, xb, train=True, mask=mask,
                                             mutable=["batch_stats"])
-            new_stats = new_state["batch_stats"]
+            new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                     new_state["batch_stats"], batch_stats)
         else:
             logits, new_stats = model.apply(variables, xb, train=True, mask=valid), None
-        ce = cross_entropy(logits, yb)
+        ce = cross_entropy(logits.astype(jnp.float32), yb)
         w = valid.astype(ce.dtype)
         weighted = ce * w if wb is None else ce * w * wb
         loss = jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
@@ -137,22 +181,32 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
         h = jnp.where(pos < n.astype(jnp.uint32), h >> 1, jnp.uint32(0xFFFFFFFF))
         return jnp.argsort(h, stable=True).astype(jnp.int32)
 
-    def local_update(global_vars: dict[str, Any], x, y, n, steps, lr, key):
+    def init(global_vars: dict[str, Any], x, n, key):
+        params = global_vars["params"]
+        n = jnp.asarray(n, jnp.int32)
+        perms = jax.vmap(lambda e: order(jax.random.fold_in(key, e), n, x.shape[0]))(
+            jnp.arange(spec.epochs, dtype=jnp.int32))  # (epochs, max_n): one order per epoch
+        return {"params": params, "batch_stats": global_vars.get("batch_stats"),
+                "opt": tx.init(params), "loss_sum": jnp.zeros((), jnp.float32), "perms": perms}
+
+    def run(state, global_vars, x, y, n, steps, lr, start, stop):
         y, w = y if isinstance(y, (tuple, list)) else (y, None)
         global_params = global_vars["params"]
-        batch_stats = global_vars.get("batch_stats")
         n = jnp.asarray(n, jnp.int32)
         size = x.shape[0]
         spe = jnp.maximum((n + b - 1) // b, 1)  # this client's steps per epoch
         slot = jnp.arange(b, dtype=jnp.int32)
+        perms = state["perms"]
 
-        def step(j, carry, perm):
+        def step(t, carry):
             params, batch_stats, opt_state, loss_sum = carry
             if not spec.by_epochs:  # fixed local steps: one order, wrapping around
-                take = (j * b + slot) % jnp.maximum(n, 1)
+                perm = perms[0]
+                take = (t * b + slot) % jnp.maximum(n, 1)
                 valid = jnp.ones((b,), bool)
             else:  # local epochs: the last batch of an epoch may be partial (masked)
-                take = j * b + slot
+                perm = perms[jnp.minimum(t // spe, spec.epochs - 1)]
+                take = (t % spe) * b + slot
                 valid = take < n
             idx = perm[jnp.minimum(take, size - 1)]
             xb = preprocess(x[idx])
@@ -163,26 +217,22 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             return params, new_stats, opt_state, loss_sum + loss
 
-        def epoch_fn(carry, epoch):
-            perm = order(jax.random.fold_in(key, epoch), n, size)
-            # The loop bound is this client's own step count: run one client at a time
-            # (sequential) and padding costs nothing; vmapped, JAX's batched while loop runs
-            # to the largest bound and keeps finished clients' state unchanged.
-            if not spec.by_epochs:
-                bound = steps
-            else:
-                bound = jnp.clip(steps - epoch * spe, 0, spe)
-            carry = jax.lax.fori_loop(0, bound, lambda j, c: step(j, c, perm), carry)
-            return carry, None
+        # The loop bound is this client's own step count: run one client at a time and
+        # padding costs nothing; vmapped, JAX's batched while loop runs to the largest
+        # bound and keeps finished clients' state unchanged.
+        stop = jnp.minimum(jnp.asarray(stop, jnp.int32), jnp.asarray(steps, jnp.int32))
+        carry = (state["params"], state["batch_stats"], state["opt"], state["loss_sum"])
+        params, batch_stats, opt_state, loss_sum = jax.lax.fori_loop(
+            jnp.asarray(start, jnp.int32), stop, step, carry)
+        return {**state, "params": params, "batch_stats": batch_stats, "opt": opt_state,
+                "loss_sum": loss_sum}
 
-        carry = (global_params, batch_stats, tx.init(global_params), jnp.zeros((), jnp.float32))
-        (params, batch_stats, _, loss_sum), _ = jax.lax.scan(
-            epoch_fn, carry, jnp.arange(spec.epochs, dtype=jnp.int32))
+    def finish(state, steps):
         taken = jnp.asarray(steps, jnp.int32)
-        out = {"params": params}
-        if batch_stats is not None:
-            out["batch_stats"] = batch_stats
-        stats = {"loss": loss_sum / jnp.maximum(taken, 1).astype(jnp.float32), "steps": taken}
+        out = {"params": state["params"]}
+        if state["batch_stats"] is not None:
+            out["batch_stats"] = state["batch_stats"]
+        stats = {"loss": state["loss_sum"] / jnp.maximum(taken, 1).astype(jnp.float32), "steps": taken}
         return out, stats
 
-    return local_update
+    return LocalUpdate(init, run, finish)

@@ -9,10 +9,13 @@ Two score sources feed the refinement pass:
   embedding and the labeled embeddings of each class (FAST-official's
   `get_average_cosine_similarity_logits` in `ablation/data.py`).
 
-Both are jitted matrix ops over fixed-size blocks of unlabeled rows (a Python loop over
-blocks, one compiled block function), and kNN keeps a running top-k over fixed-size
-blocks of labeled rows, so peak memory is O(block_size * labeled_block_size), not
-O(n_unlabeled * n_labeled).
+Both are one jitted call over fixed-size blocks of unlabeled rows (the block loop runs
+on the device, no host round trip between blocks), and kNN keeps a running top-k over
+fixed-size blocks of labeled rows, so peak memory is O(block_size * labeled_block_size),
+not O(n_unlabeled * n_labeled). Block sizes and block counts are rounded up to shape
+buckets (`_bucket`, `_count_bucket`) and the loops run only over the real blocks, so pools
+of different sizes share one compiled function per bucket and padding costs memory,
+not compute.
 
     >>> import numpy as np
     >>> zl = np.array([[0., 0.], [1., 0.], [10., 0.]], np.float32)
@@ -43,7 +46,9 @@ def _check_embeddings(name: str, z: np.ndarray) -> np.ndarray:
     if not np.issubdtype(z.dtype, np.number):
         raise ValueError(f"{name} must be numeric; got dtype {z.dtype}")
     z = z.astype(np.float32, copy=False)
-    if not np.isfinite(z).all():
+    # A NaN or inf anywhere makes the sum non-finite (one fast pass); only then (or on
+    # an overflowing sum) look element by element.
+    if not np.isfinite(z.sum()) and not np.isfinite(z).all():
         bad = int((~np.isfinite(z)).any(axis=1).sum())
         raise ValueError(f"{name} has {bad} row(s) with NaN or inf; clean the embeddings first")
     return z
@@ -99,52 +104,78 @@ def _bucket(n: int, cap: int) -> int:
     return min(cap, max(8, 1 << (max(n, 1) - 1).bit_length()))
 
 
+def _count_bucket(m: int) -> int:
+    """Number of blocks rounded up to 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (at most 1.5x)."""
+    m = max(int(m), 1)
+    p = 1 << (m - 1).bit_length()  # next power of two
+    return 3 * p // 4 if p >= 4 and m <= 3 * p // 4 else p
+
+
+def _blocks(z: np.ndarray, block: int, fill=0) -> tuple[np.ndarray, int]:
+    """Rows of z padded to a bucketed number of `block`-row blocks: (blocks, real count)."""
+    m = -(-z.shape[0] // block)
+    return _pad_rows(z, _count_bucket(m) * block, fill).reshape((-1, block) + z.shape[1:]), m
+
+
 # ---------------------------------------------------------------------------- kNN
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "tie_break"))
-def _knn_block(zu, zl_blocks, yl_blocks, il_blocks, sql_blocks, *, k, num_classes, tie_break):
-    """Weak labels and vote fractions for one block of unlabeled rows.
+def _knn(zu_blocks, n_u_blocks, zl_blocks, yl_blocks, sql_blocks, n_l_blocks, *, k, num_classes,
+         tie_break):
+    """Weak labels and vote fractions for every block of unlabeled rows, in one call.
 
-    zl_blocks (nb, bl, d), yl/il/sql_blocks (nb, bl): labeled set split into blocks;
-    padding rows carry squared norm +inf, so they are never among the k nearest.
+    zu_blocks (mu, bu, d); zl_blocks (ml, bl, d), yl/sql_blocks (ml, bl): the labeled
+    set split into blocks. Only the first n_u_blocks / n_l_blocks blocks are real (the
+    loops stop there); padding rows carry squared norm +inf, so they are never among
+    the k nearest.
     """
-    squ = jnp.sum(zu * zu, axis=1, keepdims=True)
-    bu = zu.shape[0]
+    mu, bu, _ = zu_blocks.shape
+    bl = zl_blocks.shape[1]
+    k_blk = min(k, bl)
+    yl_flat = yl_blocks.reshape(-1)
 
-    def merge(carry, blk):
-        best_d, best_i, best_y = carry
-        zl, yl, il, sql = blk
-        # Squared L2 via the expansion; HIGHEST keeps TF32 out of the matmul on GPUs.
-        d2 = squ + sql[None, :] - 2.0 * jnp.dot(zu, zl.T, precision=jax.lax.Precision.HIGHEST)
-        d2 = jnp.maximum(d2, 0.0)
-        # Carry entries hold lower labeled indices than this block's, so lax.top_k's
-        # "lower position first" on equal values gives distance ties to the lower index.
-        cand_d = jnp.concatenate([best_d, d2], axis=1)
-        cand_i = jnp.concatenate([best_i, jnp.broadcast_to(il, (bu, il.shape[0]))], axis=1)
-        cand_y = jnp.concatenate([best_y, jnp.broadcast_to(yl, (bu, yl.shape[0]))], axis=1)
-        _, pos = jax.lax.top_k(-cand_d, k)
-        take = lambda a: jnp.take_along_axis(a, pos, axis=1)
-        return (take(cand_d), take(cand_i), take(cand_y)), None
+    def nearest(zu):
+        squ = jnp.sum(zu * zu, axis=1, keepdims=True)
 
-    init = (
-        jnp.full((bu, k), jnp.inf, zu.dtype),
-        jnp.full((bu, k), jnp.iinfo(jnp.int32).max, jnp.int32),
-        jnp.zeros((bu, k), jnp.int32),
-    )
-    (_, _, nbr_y), _ = jax.lax.scan(merge, init, (zl_blocks, yl_blocks, il_blocks, sql_blocks))
+        def merge(j, carry):
+            best_d, best_i = carry
+            # Squared L2 via the expansion; HIGHEST keeps TF32 out of the matmul on GPUs.
+            d2 = squ + sql_blocks[j][None, :] - 2.0 * jnp.dot(
+                zu, zl_blocks[j].T, precision=jax.lax.Precision.HIGHEST)
+            d2 = jnp.maximum(d2, 0.0)
+            # The block's own k nearest, then a merge with the running k. lax.top_k puts
+            # the lower position first on equal values, and the carry (lower labeled
+            # indices) comes first: distance ties go to the lower labeled index.
+            neg, pos = jax.lax.top_k(-d2, k_blk)
+            cand_d = jnp.concatenate([best_d, -neg], axis=1)
+            cand_i = jnp.concatenate([best_i, j * bl + pos.astype(jnp.int32)], axis=1)
+            _, keep = jax.lax.top_k(-cand_d, k)
+            return (jnp.take_along_axis(cand_d, keep, axis=1), jnp.take_along_axis(cand_i, keep, axis=1))
 
-    onehot = jax.nn.one_hot(nbr_y, num_classes, dtype=jnp.int32)  # (bu, k, C)
-    counts = onehot.sum(axis=1)
-    if tie_break == "nearest":
-        # Rank (0 = nearest) of each class's nearest neighbour; k when absent.
-        rank = jnp.arange(k, dtype=jnp.int32)[None, :, None]
-        first = jnp.min(jnp.where(onehot > 0, rank, k), axis=1)
-        key = counts * (k + 1) + (k - first)
-        weak = jnp.argmax(key, axis=1)
-    else:
-        weak = jnp.argmax(counts, axis=1)  # argmax returns the lowest tied class
-    return weak.astype(jnp.int32), counts.astype(jnp.float32) / k
+        init = (jnp.full((bu, k), jnp.inf, zu.dtype), jnp.zeros((bu, k), jnp.int32))
+        _, nbr_i = jax.lax.fori_loop(0, n_l_blocks, merge, init)
+        return yl_flat[nbr_i]
+
+    def vote(nbr_y):
+        onehot = jax.nn.one_hot(nbr_y, num_classes, dtype=jnp.int32)  # (bu, k, C)
+        counts = onehot.sum(axis=1)
+        if tie_break == "nearest":
+            # Rank (0 = nearest) of each class's nearest neighbour; k when absent.
+            rank = jnp.arange(k, dtype=jnp.int32)[None, :, None]
+            first = jnp.min(jnp.where(onehot > 0, rank, k), axis=1)
+            weak = jnp.argmax(counts * (k + 1) + (k - first), axis=1)
+        else:
+            weak = jnp.argmax(counts, axis=1)  # argmax returns the lowest tied class
+        return weak.astype(jnp.int32), counts.astype(jnp.float32) / k
+
+    def block(i, out):
+        weak, votes = vote(nearest(zu_blocks[i]))
+        return out[0].at[i].set(weak), out[1].at[i].set(votes)
+
+    init = (jnp.zeros((mu, bu), jnp.int32), jnp.zeros((mu, bu, num_classes), jnp.float32))
+    weak, votes = jax.lax.fori_loop(0, n_u_blocks, block, init)
+    return weak.reshape(-1), votes.reshape(-1, num_classes)
 
 
 def knn_propagate(
@@ -188,24 +219,14 @@ def knn_propagate(
     k_eff = min(int(k), n_l)
 
     bl = _bucket(n_l, labeled_block_size)
-    n_l_pad = _round_up(n_l, bl)
     sql = np.sum(zl.astype(np.float64) ** 2, axis=1).astype(np.float32)
-    sql = _pad_rows(sql, n_l_pad, np.inf)
-    nb = n_l_pad // bl
-    zl_b = jnp.asarray(_pad_rows(zl, n_l_pad).reshape(nb, bl, -1))
-    yl_b = jnp.asarray(_pad_rows(yl, n_l_pad).reshape(nb, bl))
-    il_b = jnp.asarray(np.arange(n_l_pad, dtype=np.int32).reshape(nb, bl))
-    sql_b = jnp.asarray(sql.reshape(nb, bl))
-
-    bu = _bucket(n, block_size)
-    zu_pad = _pad_rows(zu, _round_up(n, bu))
-    weak, votes = [], []
-    for start in range(0, zu_pad.shape[0], bu):
-        w, v = _knn_block(jnp.asarray(zu_pad[start:start + bu]), zl_b, yl_b, il_b, sql_b,
-                          k=k_eff, num_classes=int(num_classes), tie_break=tie_break)
-        weak.append(np.asarray(w))
-        votes.append(np.asarray(v))
-    return np.concatenate(weak)[:n], np.concatenate(votes)[:n]
+    zl_b, n_lb = _blocks(zl, bl)
+    yl_b, _ = _blocks(yl, bl)
+    sql_b, _ = _blocks(sql, bl, np.inf)
+    zu_b, n_ub = _blocks(zu, _bucket(n, block_size))
+    weak, votes = _knn(zu_b, n_ub, zl_b, yl_b, sql_b, n_lb, k=k_eff, num_classes=int(num_classes),
+                       tie_break=tie_break)
+    return np.asarray(weak)[:n], np.asarray(votes)[:n]
 
 
 # ---------------------------------------------------------------------- prototypes
@@ -225,10 +246,16 @@ def _class_mean_directions(zl, yl, *, num_classes):
     return means, counts > 0
 
 
-@jax.jit
-def _prototype_block(zu, means, present):
-    s = jnp.dot(_unit_rows(zu), means.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.where(present[None, :], s, 0.0)
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _prototypes(zu_blocks, zl, yl, *, num_classes):
+    """Eq. 7 scores for every block of unlabeled rows, in one call."""
+    means, present = _class_mean_directions(zl, yl, num_classes=num_classes)
+
+    def block(zu):
+        s = jnp.dot(_unit_rows(zu), means.T, precision=jax.lax.Precision.HIGHEST)
+        return jnp.where(present[None, :], s, 0.0)
+
+    return jax.lax.map(block, zu_blocks).reshape(-1, num_classes), present
 
 
 def prototype_similarity(
@@ -251,13 +278,7 @@ def prototype_similarity(
     n = zu.shape[0]
     # Padding rows get label -1, whose one-hot row is all zeros: they count nowhere.
     n_l_pad = _bucket(zl.shape[0], 1 << 62)
-    means, present = _class_mean_directions(jnp.asarray(_pad_rows(zl, n_l_pad)),
-                                            jnp.asarray(_pad_rows(yl, n_l_pad, -1)),
-                                            num_classes=int(num_classes))
-    if n == 0:
-        return np.zeros((0, num_classes), np.float32), np.asarray(present)
-    bu = _bucket(n, block_size)
-    zu_pad = _pad_rows(zu, _round_up(n, bu))
-    out = [np.asarray(_prototype_block(jnp.asarray(zu_pad[s:s + bu]), means, present))
-           for s in range(0, zu_pad.shape[0], bu)]
-    return np.concatenate(out)[:n], np.asarray(present)
+    zl_pad, yl_pad = _pad_rows(zl, n_l_pad), _pad_rows(yl, n_l_pad, -1)
+    zu_b, _ = _blocks(zu, _bucket(n, block_size))
+    s, present = _prototypes(zu_b, zl_pad, yl_pad, num_classes=int(num_classes))
+    return np.asarray(s)[:n], np.asarray(present)
