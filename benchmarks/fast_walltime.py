@@ -30,8 +30,10 @@ PAPER_TABLE3 = {"device": "2x NVIDIA A10", "dataset": "cifar10", "fast_total_sec
                 "random_800_rounds_seconds": 30398.95}
 
 
-def write_synthetic_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """Random images and balanced labels as `<root>/cifar-10-batches-py` (5 train batches)."""
+def write_synthetic_cifar10(root: Path, n_train: int = 50000, n_test: int = 10000, seed: int = 0) -> Path:
+    """Random images and balanced labels as `<root>/cifar-10-batches-py` (5 train batches).
+    The loader verifies the official release's sizes, so write those (the default) and
+    take a subset with data.train_limit / data.test_limit."""
     import pickle
 
     import numpy as np
@@ -94,7 +96,9 @@ def main(argv=None):
     workdir = Path(args.workdir)
     data_root, checkpoint = args.data_root, args.encoder_checkpoint
     if args.synthetic:
-        data_root = str(write_synthetic_cifar10(workdir / "synthetic-data", args.synthetic, args.synthetic // 5))
+        data_root = str(write_synthetic_cifar10(workdir / "synthetic-data"))
+        args.train_limit = args.train_limit or args.synthetic
+        args.test_limit = args.test_limit or max(args.synthetic // 5, 10)
     if args.random_siglip:
         from benchmarks import siglip_throughput as st
 
