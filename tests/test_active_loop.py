@@ -164,3 +164,122 @@ def test_logo_lr_drop_matches_reference_rule():
     # LoGo (util/misc.py): lr x 0.1 once the 0-indexed round exceeds int(0.75 * 100) = 75.
     assert [spec.learning_rate(i) for i in (0, 75, 76, 99)] == [0.01, 0.01, pytest.approx(0.001),
                                                                pytest.approx(0.001)]
+
+
+# ------------------------------------------------------------------ the three that change training
+
+
+@pytest.mark.parametrize("strategy", ["logo", "kafal", "ll4al"])
+def test_training_changing_strategies_end_to_end(tiny_folder, tmp_path, strategy):
+    cfg = _cfg(tiny_folder, active__strategy=strategy, active__rounds=2, train__rounds=2,
+               active__local_only_epochs=3, active__logo_n_init=2)
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert [r["labeled"] for r in s["al_rounds"]] == [24, 48] and s["annotations"] == 48
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    from fastjax.active.ll4al import WithLossNet
+    from fastjax.federate import engine, models
+
+    backbone = models.make_model("cnn4", 4)
+    model = WithLossNet(backbone) if strategy == "ll4al" else backbone  # LL4AL's module is communicated
+    per_round = 2 * 3 * engine.state_bytes(models.init_variables(model, (16, 16, 3), 0)) / engine.MIB
+    assert rows[0]["comm_mib"] == pytest.approx(per_round)
+
+
+def test_kafal_resumed_at_an_al_boundary_equals_uninterrupted(tiny_folder, tmp_path):
+    # The query of AL round 2 needs each client's model after its last local update of AL
+    # round 1; a fresh process recomputes them from the checkpoint before that round.
+    cfg2 = _cfg(tiny_folder, active__strategy="kafal", active__rounds=2, train__rounds=2, train__checkpoint_every=5)
+    cfg1 = _cfg(tiny_folder, active__strategy="kafal", active__rounds=1, train__rounds=2, train__checkpoint_every=5)
+    fast_main.run(cfg2, tmp_path / "a", progress=False)
+    fast_main.run(cfg1, tmp_path / "b", progress=False)
+    fast_main.run(cfg2, tmp_path / "b", progress=False)  # active.rounds may be raised
+    for x, y in zip(_sets(tmp_path / "a", 2), _sets(tmp_path / "b", 2)):
+        np.testing.assert_array_equal(x, y)
+
+    def final(workdir):
+        store = Checkpoints(workdir / "checkpoints")
+        try:
+            return store.read(store.latest())
+        finally:
+            store.close()
+
+    jax.tree.map(np.testing.assert_array_equal, final(tmp_path / "a"), final(tmp_path / "b"))
+
+
+def _linear_clients(k=3, n=24, d=6, c=3, seed=0):
+    from fastjax.federate import engine
+
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(n, d)).astype(np.float32) for _ in range(k)]
+    ys = [rng.integers(0, c, n) for _ in range(k)]
+    return engine.stack_clients(xs, ys), d, c
+
+
+def test_kcfu_without_distillation_and_uniform_counts_is_plain_cross_entropy():
+    # Logit adjustment by equal counts adds a constant to every logit (softmax unchanged),
+    # and in the first round KCFU does not distill: the same training as cross-entropy.
+    from fastjax.active.kafal import kcfu_objective
+    from fastjax.federate import engine, models
+
+    clients, d, c = _linear_clients()
+    model = models.make_model("linear", c)
+    v = models.init_variables(model, (d,), 0)
+    spec = engine.TrainSpec(rounds=1, local_steps=3, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    rng = np.random.default_rng(1)
+    aux = {"u": rng.normal(size=(3, 10, d)).astype(np.float32), "nu": np.array([10, 4, 0], np.int32),
+           "counts": np.full((3, c), 5.0, np.float32)}
+    import dataclasses as dc
+
+    with_pool = dc.replace(clients, aux=aux)
+    args = (np.asarray(clients.n), np.array([3, 3, 3], np.int32), np.arange(3, dtype=np.int32),
+            engine.round_hyper(spec, 0), engine.round_key(0, 1))
+    plain = engine.make_round_fn(model, spec, lambda x: x)(v, clients.x, clients.y, *args)[0]
+    kcfu = engine.make_round_fn(model, spec, lambda x: x, objective=kcfu_objective())(
+        v, with_pool.x, jax.tree.map(np.asarray, with_pool.labels()), *args)[0]
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6), plain, kcfu)
+    # From the second round on it distills from the global model: different training.
+    later = engine.make_round_fn(model, spec, lambda x: x, objective=kcfu_objective())(
+        v, with_pool.x, jax.tree.map(np.asarray, with_pool.labels()), *args[:3], engine.round_hyper(spec, 1),
+        args[4])[0]
+    assert not np.allclose(later["params"]["head"]["kernel"], kcfu["params"]["head"]["kernel"])
+
+
+def test_client_models_are_the_ones_the_round_averages():
+    from fastjax.federate import aggregators, engine, models
+
+    clients, d, c = _linear_clients(n=20)
+    model = models.make_model("linear", c)
+    v = models.init_variables(model, (d,), 0)
+    spec = engine.TrainSpec(rounds=1, local_epochs=2, batch_size=8, lr=0.1)
+    steps = np.array([6, 6, 6], np.int32)
+    args = (clients.x, clients.y, np.asarray(clients.n), steps, np.arange(3, dtype=np.int32),
+            engine.round_hyper(spec, 0), engine.round_key(0, 1))
+    averaged = engine.make_round_fn(model, spec, lambda x: x)(v, *args)[0]
+    each = engine.make_client_models_fn(model, spec, lambda x: x)(v, *args)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6),
+                 averaged, aggregators.fedavg(v, each, clients.n, steps))
+
+
+def test_ll4al_objective_is_ce_plus_ranking_loss_of_the_module():
+    from fastjax.active.ll4al import WithLossNet, ll4al_train_objective
+    from fastjax.federate import local, models
+
+    model = WithLossNet(models.make_model("cnn4", 3))
+    v = models.init_variables(model, (16, 16, 3), 0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+
+    def forward(xb, mask=None, **kw):
+        return model.apply(v, xb, train=True, mask=mask, mutable=["batch_stats"], **kw)[0]
+
+    batch = {"x": x, "y": y, "valid": np.ones(6, bool), "w": None, "bn_mask": None}
+    loss, ce = ll4al_train_objective(lam=0.5, xi=1.0, detach_round=3)(forward, batch, {"round": 0})
+    logits, pred = forward(x, outputs="loss")
+    ce_i = np.asarray(local.cross_entropy(logits, y), np.float64)
+    pred = np.asarray(pred, np.float64)
+    pairs = [(i, 5 - i) for i in range(3)]  # the reference pairs the batch with itself reversed
+    rank = np.mean([max(0.0, 1.0 - (1 if ce_i[i] > ce_i[j] else -1) * (pred[i] - pred[j])) for i, j in pairs])
+    np.testing.assert_allclose(float(ce), ce_i.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), ce_i.mean() + 0.5 * rank, rtol=1e-5)

@@ -280,3 +280,46 @@ def kafal_query(view, b: int, key) -> np.ndarray:
         raise ValueError("kafal needs the local and global models' logits on the pool and the client's "
                          "labeled class counts (local_logits, logits, class_counts)")
     return ksas_select(view.local_logits, view.logits, view.class_counts, int(b))
+
+
+def kcfu_objective(partner: str = "single"):
+    """KCFU as a local objective of the engine (`federate.local.make_local_update`),
+    written for one client and one batch, valid under vmap and every execution strategy.
+
+    Per step: the student's logits on the labeled batch (train mode); an unlabeled batch
+    of the batch size drawn uniformly from the client's pool (`aux["u"]`, its first
+    `aux["nu"]` rows real; the reference cycles a shuffled unlabeled loader), mixed by
+    `kcfu_mix`; the student's logits on the mixed batch (a second train-mode pass, its
+    BatchNorm statistics updated too, as the reference); the teacher (the global model
+    this round started from) on the mixed batch in train mode with its statistics
+    discarded (the reference never puts the server model in eval mode); `kcfu_loss` with
+    the client's labeled counts `aux["counts"]`, distilling from the second round of
+    each AL cycle on (1[round > 0]) and only when the pool is non-empty.
+    """
+    if partner not in PARTNERS:
+        raise ValueError(f"kcfu_objective: partner={partner!r}; allowed: {PARTNERS}")
+
+    def objective(forward, batch, ctx):
+        aux = ctx["aux"]
+        u, nu, counts = aux["u"], aux["nu"], aux["counts"]
+        b = batch["x"].shape[0]
+        k_idx, k_mix = jax.random.split(ctx["key"])
+        take = jax.random.randint(k_idx, (b,), 0, jnp.maximum(nu, 1))
+        u_valid = jnp.broadcast_to(nu > 0, (b,))
+        ub = ctx["preprocess"](u[take]).astype(jnp.float32)
+        mixed, beta, partner_idx = kcfu_mix(ub, k_mix, partner, valid=u_valid)
+        student_labeled = forward(batch["x"], mask=batch["bn_mask"])
+        student_mixed = forward(mixed)
+        gv = ctx["global_vars"]
+        if "batch_stats" in gv:
+            teacher, _ = ctx["apply"](gv, mixed.astype(ctx["compute_dtype"]), train=True, mutable=["batch_stats"])
+        else:
+            teacher = ctx["apply"](gv, mixed.astype(ctx["compute_dtype"]), train=True)
+        teacher = jax.lax.stop_gradient(teacher.astype(jnp.float32))
+        distill = (ctx["round"] > 0) & (nu > 0)
+        loss, parts = kcfu_loss(student_labeled, batch["y"], counts, student_mixed, teacher,
+                                teacher[partner_idx], beta, distill, labeled_valid=batch["valid"],
+                                mixed_valid=u_valid)
+        return loss, parts["ce"]
+
+    return objective

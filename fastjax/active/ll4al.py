@@ -180,6 +180,28 @@ def ll4al_objective(ce_per_sample, taps, lossnet_params, lossnet_apply: Callable
     return ce + lam * rank, {"ce": ce, "rank": rank, "pred_loss": pred}
 
 
+def ll4al_train_objective(*, lam: float = 1.0, xi: float = 1.0, detach_round: int = 0):
+    """LL4AL's joint loss as a local objective of the engine
+    (`federate.local.make_local_update`) for a `WithLossNet` model: mean CE + lam *
+    margin ranking loss between the module's predicted losses and the (detached)
+    per-sample CE, the module's input detached from the backbone from the 0-indexed FL
+    round `detach_round` of each AL round on (the reference: epoch 120 of 200). Padded
+    rows of a partial batch are masked out of both terms."""
+    from fastjax.federate.local import cross_entropy
+
+    def objective(forward, batch, ctx):
+        detach = ctx["round"] >= detach_round
+        logits, pred = forward(batch["x"], mask=batch["bn_mask"], outputs="loss", detach=detach)
+        ce = cross_entropy(logits.astype(jnp.float32), batch["y"])
+        valid = batch["valid"]
+        w = valid.astype(jnp.float32)
+        ce_mean = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+        rank = margin_ranking_loss(pred.astype(jnp.float32), ce, xi=xi, mask=valid)
+        return ce_mean + lam * rank, ce_mean
+
+    return objective
+
+
 def ll4al_select(pred_loss, b: int) -> np.ndarray:
     """The b positions with the largest predicted loss (ties: lower position), sorted."""
     s = np.asarray(pred_loss).reshape(-1)

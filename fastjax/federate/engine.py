@@ -29,20 +29,30 @@ class ClientArrays:
     """Clients' training data stacked along a leading client axis, padded to the
     largest client: x (K, max_n, ...), y (K, max_n) int32 labels or (K, max_n, C)
     float32 soft targets, n (K,) real sizes, w (K, max_n) float32 per-sample loss
-    weights or None (all 1)."""
+    weights or None (all 1), aux: per-client arrays (leading axis K) that a local
+    objective reads (KAFAL: the unlabeled pool and the labeled class counts) or None."""
 
     x: np.ndarray
     y: np.ndarray
     n: np.ndarray
     w: np.ndarray | None = None
+    aux: dict | None = None
 
     @property
     def num_clients(self) -> int:
         return int(self.x.shape[0])
 
     def labels(self):
-        """What the local update takes as y: the labels, or (labels, weights)."""
-        return self.y if self.w is None else (self.y, self.w)
+        """What the local update takes as y: the labels, or a dict with the weights and
+        the objective's per-client arrays."""
+        if self.w is None and self.aux is None:
+            return self.y
+        out = {"y": self.y}
+        if self.w is not None:
+            out["w"] = self.w
+        if self.aux is not None:
+            out["aux"] = self.aux
+        return out
 
 
 def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], capacity: int = 0, *,
@@ -220,6 +230,13 @@ def client_key(key: jax.Array, client_id) -> jax.Array:
     return jax.random.fold_in(key, client_id)
 
 
+def round_hyper(spec: TrainSpec, round_index: int) -> dict:
+    """What a round's local updates take besides the data: the learning rate and the
+    0-indexed round within the fit (local objectives schedule on it: KAFAL distills
+    from the second round, LL4AL detaches its loss module late)."""
+    return {"lr": jnp.float32(spec.learning_rate(round_index)), "round": jnp.int32(round_index)}
+
+
 def local_spec(spec: TrainSpec) -> local.LocalSpec:
     """The one-client local update's static options for these training options."""
     by_epochs = spec.local_steps is None
@@ -229,13 +246,14 @@ def local_spec(spec: TrainSpec) -> local.LocalSpec:
                            compute_dtype=spec.compute_dtype)
 
 
-def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
+def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None, objective: Callable | None = None):
     """One jitted round: local updates of the selected clients, then aggregation.
 
     round_fn(global_vars, x, y, n, steps, client_ids, lr, round_key) -> (vars, stats)
     where x, y, n, steps are already the selected clients' rows.
     """
-    run = execution.lift(local.make_local_update(model, local_spec(spec), preprocess), spec.strategy, mesh,
+    run = execution.lift(local.make_local_update(model, local_spec(spec), preprocess, objective),
+                         spec.strategy, mesh,
                          chunk=spec.client_chunk, chunk_memory_bytes=spec.chunk_memory_mb * MIB)
     weights = aggregators.WEIGHTS[spec.aggregator]
 
@@ -244,6 +262,21 @@ def make_round_fn(model, spec: TrainSpec, preprocess: Callable, mesh=None):
         return run(global_vars, x, y, n, steps, lr, keys, weights(n, steps, momentum=spec.momentum))
 
     return jax.jit(round_fn)
+
+
+def make_client_models_fn(model, spec: TrainSpec, preprocess: Callable, objective: Callable | None = None):
+    """The clients' models after one round's local update, before aggregation, stacked
+    (vmapped): client_models(global_vars, x, y, n, steps, client_ids, lr, round_key) with
+    make_round_fn's arguments; the same keys, so the same models that round averaged
+    (KAFAL queries with each client's model after its last local update)."""
+    update = jax.vmap(local.make_local_update(model, local_spec(spec), preprocess, objective),
+                      in_axes=(None, 0, 0, 0, 0, None, 0))
+
+    def client_models(global_vars, x, y, n, steps, client_ids, lr, round_key):
+        keys = jax.vmap(lambda i: client_key(round_key, i))(client_ids)
+        return update(global_vars, x, y, n, steps, lr, keys)[0]
+
+    return jax.jit(client_models)
 
 
 def batched(apply: Callable, x: np.ndarray, batch_size: int):
@@ -299,14 +332,16 @@ class FitResult:
     comm_mib: float
     padding_waste: float
     train_seconds: float
+    before_last: Any = None  # the global model before the last round (keep_before_last, when run here)
 
 
 def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.ndarray,
         spec: TrainSpec, preprocess: Callable, *, workdir: str | os.PathLike | None = None,
         client_test: Sequence[np.ndarray] | None = None, extra_comm_bytes: int = 0,
         round_offset: int = 0, comm_offset_mib: float = 0.0, row_extra: dict | None = None,
-        round_fn: Callable | None = None, evaluate: Callable | None = None,
-        progress: bool = True, mesh=None, log: Callable[[str], None] = print) -> FitResult:
+        round_fn: Callable | None = None, evaluate: Callable | None = None, objective: Callable | None = None,
+        keep_before_last: bool = False, progress: bool = True, mesh=None,
+        log: Callable[[str], None] = print) -> FitResult:
     """Train `model` federatedly from `variables`; resumes from `workdir` checkpoints.
 
     Writes (when workdir is given) metrics.jsonl (one line per round), checkpoints/
@@ -321,6 +356,10 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     round_offset are resumed from, communication continues from comm_offset_mib, and
     row_extra is added to every metrics row. Passing the `round_fn` (make_round_fn) and
     `evaluate` (make_eval_fn) of an earlier segment reuses their compiled code.
+    objective: a local objective (see `local.make_local_update`) for the round function
+    built here. keep_before_last: also checkpoint the global model before the last round
+    and return it (`FitResult.before_last`), from which that round's client models can be
+    recomputed (`make_client_models_fn`).
     """
     spec.validate()
     k = clients.num_clients
@@ -334,7 +373,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     x_dev = jnp.asarray(clients.x)
     y_dev = jax.tree.map(jnp.asarray, clients.labels())
     n_all = clients.n
-    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh)
+    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh, objective)
     evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
     first, last_round = round_offset + 1, round_offset + spec.rounds
@@ -361,6 +400,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         history = [r for r in rows if r["round"] > round_offset]
         start_round = resumed_at + 1
     comm = history[-1]["comm_mib"] if history else comm_offset_mib + extra_comm_bytes / MIB
+    before_last = None
     t_train = time.perf_counter()
     bar = _progress(range(start_round, last_round + 1), progress, spec.rounds, start_round - first)
     for r in bar:
@@ -378,7 +418,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
             args = (x_dev[rows_dev], jax.tree.map(lambda a: a[rows_dev], y_dev))
         lr = spec.learning_rate(r - first)
         new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r),
-                                   jnp.asarray(rows, jnp.int32), lr, round_key(spec.seed, r))
+                                   jnp.asarray(rows, jnp.int32), round_hyper(spec, r - first),
+                                   round_key(spec.seed, r))
         losses = np.asarray(stats["loss"])
         real = n_r > 0
         if not np.all(np.isfinite(losses[real])):
@@ -389,6 +430,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
                 + (f"stopping. The last good checkpoint is round {good} in {workdir}; "
                    if good is not None else f"stopping after round {r - 1}, the last good one; ")
                 + "lower train.lr or check the data")
+        if keep_before_last and r == last_round:
+            before_last = variables
         variables = new_vars
         m = int(np.sum(real))
         comm += 2 * m * bytes_per_client / MIB
@@ -404,7 +447,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         history.append(rec)
         if workdir is not None:
             metrics.append(rec)
-            if (spec.checkpoint_every and (r - round_offset) % spec.checkpoint_every == 0) or r == last_round:
+            if (spec.checkpoint_every and (r - round_offset) % spec.checkpoint_every == 0) or r == last_round \
+                    or (keep_before_last and r == last_round - 1):
                 ckpt.save(r, variables)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('accuracy', float('nan')):.3f}",
@@ -414,7 +458,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         ckpt.close()
     if workdir is not None and history:
         plot_history(metrics.read(), workdir / "accuracy.png")
-    return FitResult(variables, history, comm, waste, train_seconds)
+    return FitResult(variables, history, comm, waste, train_seconds, before_last)
 
 
 def _progress(it, enabled: bool, total: int, initial: int):

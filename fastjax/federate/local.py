@@ -127,12 +127,42 @@ class LocalUpdate:
         return self.finish(state, steps)
 
 
-def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array]) -> LocalUpdate:
+def _unpack_targets(y):
+    """(labels or soft targets, per-sample weights or None, per-client aux or None) from
+    the forms `y` may take: an array, a tuple (labels, weights), or a dict with keys "y"
+    and optionally "w" and "aux"."""
+    if isinstance(y, dict):
+        return y["y"], y.get("w"), y.get("aux")
+    if isinstance(y, (tuple, list)):
+        return y[0], y[1], None
+    return y, None, None
+
+
+def _unpack_lr(lr):
+    """(learning rate, 0-indexed round within the fit) from a scalar or {"lr", "round"}."""
+    if isinstance(lr, dict):
+        return lr["lr"], lr.get("round", 0)
+    return lr, 0
+
+
+def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], jax.Array],
+                      objective: Callable | None = None) -> LocalUpdate:
     """The local update of `model` under `spec` (see `LocalUpdate` for the signatures).
 
     x: (max_n, ...) raw client samples (padded), y: (max_n,) int labels, (max_n, C) soft
-    targets, or a tuple (labels, weights (max_n,)) (module docstring); n: number of real
-    samples, steps: this client's step count (a dynamic loop bound), lr: scalar, key: PRNG.
+    targets, a tuple (labels, weights (max_n,)) (module docstring), or a dict {"y", "w"?,
+    "aux"?} where aux holds per-client arrays an objective reads; n: number of real
+    samples, steps: this client's step count (a dynamic loop bound), lr: scalar or
+    {"lr": scalar, "round": 0-indexed round}, key: PRNG.
+
+    objective: None (cross-entropy, weighted / soft as above) or a local loss written for
+    one client and one batch (KAFAL's KCFU, LL4AL's joint loss):
+        objective(forward, batch, ctx) -> (loss to differentiate, loss to report)
+    forward(x, mask=..., **model_kwargs) runs the student (the parameters being trained)
+    in train mode on preprocessed inputs, updating BatchNorm statistics in call order;
+    batch = {"x", "y", "valid", "w", "bn_mask"} (x preprocessed); ctx = {"global_vars",
+    "apply" (model.apply), "aux", "key" (this step's PRNG key), "round", "preprocess",
+    "compute_dtype"}. It must be valid under vmap (no Python branching on traced values).
     """
     if spec.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype={spec.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
@@ -145,30 +175,41 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
             return tree
         return jax.tree.map(lambda a: a.astype(cdt) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
-    def loss_fn(params, batch_stats, global_params, xb, yb, valid, wb):
-        variables = {"params": to_compute(params)}
-        xb = xb.astype(cdt) if jnp.issubdtype(xb.dtype, jnp.floating) else xb
-        if batch_stats is not None:
+    def loss_fn(params, batch_stats, global_vars, xb, yb, valid, wb, aux, key, round_):
+        compute_params = to_compute(params)
+        stats = [batch_stats]  # BatchNorm statistics, updated by each forward pass in turn
+        # Fixed-step batches are always full: no BatchNorm masking needed.
+        bn_mask = valid if spec.by_epochs else None
+
+        def forward(x, mask=None, **kw):
+            x = x.astype(cdt) if jnp.issubdtype(x.dtype, jnp.floating) else x
+            if stats[0] is None:
+                return model.apply({"params": compute_params}, x, train=True, mask=mask, **kw)
             # BatchNorm statistics stay float32 (Flax reduces in float32).
-            variables["batch_stats"] = batch_stats
-            # Fixed-step batches are always full: no BatchNorm masking needed.
-            mask = None if not spec.by_epochs else valid
-            logits, new_state = model.apply(variables, xb, train=True, mask=mask,
-                                            mutable=["batch_stats"])
-            new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                                     new_state["batch_stats"], batch_stats)
+            out, new_state = model.apply({"params": compute_params, "batch_stats": stats[0]}, x,
+                                         train=True, mask=mask, mutable=["batch_stats"], **kw)
+            stats[0] = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                    new_state["batch_stats"], batch_stats)
+            return out
+
+        if objective is None:
+            logits = forward(xb, mask=bn_mask if batch_stats is not None else valid)
+            ce = cross_entropy(logits.astype(jnp.float32), yb)
+            w = valid.astype(ce.dtype)
+            weighted = ce * w if wb is None else ce * w * wb
+            loss = jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
+            total = loss
         else:
-            logits, new_stats = model.apply(variables, xb, train=True, mask=valid), None
-        ce = cross_entropy(logits.astype(jnp.float32), yb)
-        w = valid.astype(ce.dtype)
-        weighted = ce * w if wb is None else ce * w * wb
-        loss = jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
-        total = loss
+            batch = {"x": xb, "y": yb, "valid": valid, "w": wb,
+                     "bn_mask": bn_mask if batch_stats is not None else valid}
+            ctx = {"global_vars": global_vars, "apply": model.apply, "aux": aux, "key": key,
+                   "round": round_, "preprocess": preprocess, "compute_dtype": cdt}
+            total, loss = objective(forward, batch, ctx)
         if spec.prox_mu:
             sq = sum(jnp.sum(jnp.square(p - g)) for p, g in
-                     zip(jax.tree.leaves(params), jax.tree.leaves(global_params)))
-            total = loss + 0.5 * spec.prox_mu * sq
-        return total, (loss, new_stats)
+                     zip(jax.tree.leaves(params), jax.tree.leaves(global_vars["params"])))
+            total = total + 0.5 * spec.prox_mu * sq
+        return total, (loss, stats[0])
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -187,11 +228,12 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
         perms = jax.vmap(lambda e: order(jax.random.fold_in(key, e), n, x.shape[0]))(
             jnp.arange(spec.epochs, dtype=jnp.int32))  # (epochs, max_n): one order per epoch
         return {"params": params, "batch_stats": global_vars.get("batch_stats"),
-                "opt": tx.init(params), "loss_sum": jnp.zeros((), jnp.float32), "perms": perms}
+                "opt": tx.init(params), "loss_sum": jnp.zeros((), jnp.float32), "perms": perms,
+                "key": jax.random.fold_in(key, 0x0B7EC7)}
 
     def run(state, global_vars, x, y, n, steps, lr, start, stop):
-        y, w = y if isinstance(y, (tuple, list)) else (y, None)
-        global_params = global_vars["params"]
+        y, w, aux = _unpack_targets(y)
+        lr, round_ = _unpack_lr(lr)
         n = jnp.asarray(n, jnp.int32)
         size = x.shape[0]
         spe = jnp.maximum((n + b - 1) // b, 1)  # this client's steps per epoch
@@ -211,8 +253,8 @@ def make_local_update(model, spec: LocalSpec, preprocess: Callable[[jax.Array], 
             idx = perm[jnp.minimum(take, size - 1)]
             xb = preprocess(x[idx])
             wb = None if w is None else w[idx]
-            grads, (loss, new_stats) = grad_fn(params, batch_stats, global_params, xb, y[idx],
-                                               valid, wb)
+            grads, (loss, new_stats) = grad_fn(params, batch_stats, global_vars, xb, y[idx], valid, wb,
+                                               aux, jax.random.fold_in(state["key"], t), round_)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             return params, new_stats, opt_state, loss_sum + loss

@@ -24,6 +24,7 @@ identical final state: queries are pure functions of (model, pool, AL round, see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -149,6 +150,7 @@ class _Querier:
 def run(config, workdir, *, progress: bool = True) -> dict:
     """The whole loop in `workdir`; returns (and writes) the summary."""
     from fastjax import partition
+    from fastjax.active import NEEDS_CLIENT_MODELS
     from fastjax.federate import engine, models
 
     workdir = Path(workdir)
@@ -166,6 +168,10 @@ def run(config, workdir, *, progress: bool = True) -> dict:
         z_test = common.embed_split(config, encoder, test, "test", progress)
     inputs = common.model_inputs(config, train, test, z_train, z_test)
     model = models.make_model(config.model.name, c, config.model.conv_impl)
+    if a.strategy == "ll4al":  # the loss-prediction module trains (and is averaged) with the backbone
+        from fastjax.active.ll4al import WithLossNet
+
+        model = WithLossNet(model)
     spec = config_lib.train_spec(config)
     T = spec.rounds
 
@@ -177,10 +183,12 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     n_total = len(train)
     initial = client_shares(int(a.initial * n_total), sizes)
     querier = _Querier(config, model, inputs, part.train, c)
+    objective = training_objective(config)
     # One compiled round for every AL round: clients padded to their final labeled size.
     capacity = int(max(np.minimum(sizes, initial + client_shares(int(a.query * n_total), sizes).max()
                                   * (a.rounds - 1))))
-    round_fn = engine.make_round_fn(model, spec, inputs.preprocess)
+    client_arrays = _ClientArrays(config, inputs, part.train, c, capacity, max(sizes), oracle)
+    round_fn = engine.make_round_fn(model, spec, inputs.preprocess, objective=objective)
     evaluate = engine.make_eval_fn(model, inputs.preprocess)
     state = workdir / "active"
     state.mkdir(exist_ok=True)
@@ -189,6 +197,8 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     store.close()
 
     def restore(step: int, like):
+        if step == 0:
+            return like
         store = Checkpoints(workdir / "checkpoints")
         try:
             return store.restore(step, like)
@@ -196,8 +206,14 @@ def run(config, workdir, *, progress: bool = True) -> dict:
             store.close()
     metrics = MetricsLog(workdir / "metrics.jsonl")
 
+    def start_of(al: int, variables):
+        """The model AL round `al` trains from (its FL round 0)."""
+        if al == 1 or a.reset == "random_init":
+            return init(al)
+        return variables if variables is not None else restore((al - 1) * T, init(al))
+
     labeled: list[np.ndarray] | None = None
-    variables = None  # the global model at the end of the last AL round run in this process
+    variables = before_last = None  # the last AL round's final model / the one before its last FL round
     rows = []
     for al in range(1, a.rounds + 1):
         offset = (al - 1) * T
@@ -216,21 +232,24 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                 local_vars = None
                 if needs_local_only(config):  # LoGo's raw_ckpt: the run's first random model
                     local_vars = _local_only(config, model, inputs, labeled, oracle, init(1), spec, al)
+                elif a.strategy in NEEDS_CLIENT_MODELS:  # KAFAL: each client's last local model
+                    if before_last is None:
+                        before_last = (restore(offset - 1, init(al - 1)) if T > 1
+                                       else start_of(al - 1, None))
+                    local_vars = engine.make_client_models_fn(model, spec, inputs.preprocess, objective)(
+                        before_last, *client_arrays.device(labeled), np.arange(len(labeled), dtype=np.int32),
+                        engine.round_hyper(spec, T - 1), engine.round_key(spec.seed, offset))
                 labeled = querier.query(al, variables, labeled, budgets, oracle.query, local_vars)
             q_seconds = time.perf_counter() - t0
             _save_sets(sets_path, labeled, q_seconds)
-        ys = [oracle.query(ix) for ix in labeled]  # every label of the loop is an annotation
         n_labeled = int(sum(len(ix) for ix in labeled))
+        clients = client_arrays(labeled)  # every label of the loop is an oracle annotation
         if done_through >= al * T and row_path.exists():  # finished before: nothing to redo
             rows.append(json.loads(row_path.read_text()))
-            variables = None
+            variables = before_last = None
             continue
-
-        clients = engine.stack_clients([inputs.train_x[ix] for ix in labeled], ys, capacity)
-        if al == 1 or a.reset == "random_init" or (variables is None and done_through > offset):
-            start = init(al)  # (when resuming mid AL round, fit restores its own checkpoint)
-        else:
-            start = variables if variables is not None else restore(offset, init(al))
+        # (When resuming mid AL round, fit restores its own checkpoint over this start.)
+        start = init(al) if (variables is None and done_through > offset) else start_of(al, variables)
         prior = [r for r in metrics.read() if r["round"] <= offset]
         log(f"AL round {al}/{a.rounds}: {n_labeled} labeled ({n_labeled / n_total:.1%}), "
             f"{oracle.annotations} annotations; training FL rounds {offset + 1}-{offset + T}")
@@ -238,8 +257,9 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                          workdir=workdir, client_test=part.test, round_offset=offset,
                          comm_offset_mib=prior[-1]["comm_mib"] if prior else 0.0,
                          row_extra={"al_round": al, "annotations": oracle.annotations, "labeled": n_labeled},
-                         round_fn=round_fn, evaluate=evaluate, progress=progress, log=log)
-        variables = fit.variables
+                         round_fn=round_fn, evaluate=evaluate, keep_before_last=a.strategy in NEEDS_CLIENT_MODELS,
+                         progress=progress, log=log)
+        variables, before_last = fit.variables, fit.before_last
         row = {"al_round": al, "labeled": n_labeled, "annotations": oracle.annotations,
                "fl_rounds": al * T, **common.accuracy_summary(fit.history), "comm_mib": fit.comm_mib,
                "query_seconds": q_seconds, "train_seconds": fit.train_seconds}
@@ -263,6 +283,68 @@ def run(config, workdir, *, progress: bool = True) -> dict:
         f"{last['last5_accuracy']:.4f}) after {a.rounds} AL rounds, {oracle.annotations} annotations, "
         f"{last['comm_mib']:.1f} MiB; summary: {workdir / 'summary.json'}")
     return summary
+
+
+def training_objective(config):
+    """The local objective the strategy trains with (None: plain cross-entropy)."""
+    from fastjax.active import OBJECTIVES
+
+    a = config.active
+    kind = OBJECTIVES.get(a.strategy)
+    if kind == "kcfu":
+        from fastjax.active.kafal import kcfu_objective
+
+        return kcfu_objective(a.kafal_partner)
+    if kind == "ll4al":
+        from fastjax.active.ll4al import ll4al_train_objective
+
+        return ll4al_train_objective(lam=a.ll4al_lam, xi=a.ll4al_xi,
+                                     detach_round=int(a.ll4al_detach_at * config.train.rounds))
+    return None
+
+
+class _ClientArrays:
+    """The clients' training arrays for given labeled sets, padded to fixed capacities
+    (one compiled round for every AL round); with KCFU, each client's unlabeled pool and
+    labeled class counts ride along as the objective's per-client arrays."""
+
+    def __init__(self, config, inputs, part_train, num_classes, capacity, pool_capacity, oracle):
+        from fastjax.active import OBJECTIVES
+
+        self.spec = config_lib.train_spec(config)
+        self.inputs, self.part_train, self.num_classes = inputs, part_train, num_classes
+        self.capacity, self.pool_capacity, self.oracle = capacity, pool_capacity, oracle
+        self.with_pool = OBJECTIVES.get(config.active.strategy) == "kcfu"
+
+    def __call__(self, labeled):
+        from fastjax.federate import engine
+
+        ys = [self.oracle.query(ix) for ix in labeled]
+        clients = engine.stack_clients([self.inputs.train_x[ix] for ix in labeled], ys, self.capacity)
+        if not self.with_pool:
+            return clients
+        pools = [np.setdiff1d(ix, lab) for ix, lab in zip(self.part_train, labeled)]
+        x = self.inputs.train_x
+        u = np.zeros((len(pools), self.pool_capacity) + x.shape[1:], x.dtype)
+        for k, p in enumerate(pools):
+            u[k, : len(p)] = x[p]
+        counts = np.stack([np.bincount(y, minlength=self.num_classes) for y in ys]).astype(np.float32)
+        if (counts.sum(1) == 0).any():
+            raise ValueError("KAFAL's logit adjustment needs every client's labeled class counts; a client "
+                             "has no labeled samples (raise active.initial)")
+        aux = {"u": u, "nu": np.array([len(p) for p in pools], np.int32), "counts": counts}
+        return dataclasses.replace(clients, aux=aux)
+
+    def device(self, labeled):
+        """(x, y, n, steps) of all clients as make_round_fn's row arguments."""
+        import jax.numpy as jnp
+
+        from fastjax.federate import local
+
+        clients, s = self(labeled), self.spec
+        steps = local.steps_per_client(clients.n, s.batch_size, s.local_epochs, s.local_steps)
+        return (jnp.asarray(clients.x), jax.tree.map(jnp.asarray, clients.labels()), jnp.asarray(clients.n),
+                jnp.asarray(steps))
 
 
 def check_features(model, variables, inputs) -> None:
