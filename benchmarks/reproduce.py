@@ -7,9 +7,11 @@
 Each table (I-VII) and figure (fig2, fig4) is a list of cells: (paper row, paper column,
 method, config overrides). A cell runs when its method is in `METHODS`, its dataset is
 found under --data-root and its encoder's weights are found; otherwise the table says
-why not. Only FAST runs today: the iterative baselines (Table I, Table III's Random /
-LoGo, Fig. 2) print "baselines: not yet available"; adding one is adding its runner to
-`METHODS` (a function of (config, workdir) returning the main job's summary dict).
+why not. FAST runs the one-shot job; the iterative baselines (Table I, Table III's
+Random / LoGo, Fig. 2's KAFAL / LoGo / Random) run the loop of `fastjax.methods.active`
+with the table's protocol (5% initial + 5% per AL round, R_AL AL rounds of 100 FL rounds;
+Fig. 2: 10% + 5% every 50 FL rounds to 35%). A table's R_AL = 4 and R_AL = 8 rows share
+one work directory: the R = 8 run continues the R = 4 one.
 
 The paper's numbers come from `benchmarks/paper_tables.json` (data, not code). Output,
 under --out/<scale>/: table_<X>.md (printed too) and table_<X>.json, and fig<N>.png for
@@ -19,7 +21,8 @@ Scales: the paper's (default: full data, 100 rounds of 5 local epochs, SigLIP); 
 (minutes on a 2-core CPU: a 10,000 / 2,000 class-stratified subset, EfficientNet-Lite0
 at 96 px as the offline stand-in encoder, 10 CNN-4 rounds of 5 local steps, 20 linear
 probing rounds); --tiny (seconds: CI's smoke run of every table). --substitute mnist runs
-every dataset column on MNIST (the offline CI dataset); the output says so.
+every dataset column on MNIST (the offline CI dataset); the output says so. --tiny also
+caps the baselines at 2 AL rounds.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ SCALES = {
     # tiny: Dirichlet alpha at least 1.0, so that Fig. 4's 30 clients fit 600 samples.
     "tiny": dict(train_limit=600, test_limit=200, rounds=1, linear_rounds=1, local_epochs=1,
                  local_steps=1, batch_size=32, eval_every=1, encoder="efficientnet_lite0",
-                 image_size=32, min_alpha=1.0),
+                 image_size=32, min_alpha=1.0, max_al_rounds=2),
 }
 ENCODER_COLUMNS = {"resnet50": "resnet50", "clip": "clip", "evaclip": None, "siglip": "siglip",
                    "dinov2": "dinov2"}
@@ -63,8 +66,9 @@ class Cell:
     method: str
     dataset: str
     overrides: tuple = ()  # (("labeling.budget", 0.05), ...)
-    rounds: int | None = None  # the paper's FL rounds for this cell (None: 100)
+    rounds: int | None = None  # the paper's FL rounds for this cell (None: 100; baselines: per AL round)
     linear: bool = False  # linear probing on the embeddings (Table II)
+    active: tuple = ()  # the iterative baselines' loop: (("active.rounds", 4), ...)
 
 
 # ------------------------------------------------------------------ protocols
@@ -77,6 +81,15 @@ def _paper():
     return json.loads(PAPER_TABLES.read_text())["tables"]
 
 
+def _strategy(method: str) -> str:
+    """paper_tables.json's method name -> fastjax.active.STRATEGIES' name."""
+    return {"alfamix": "alfa_mix"}.get(method, method)
+
+
+def _loop(r_al: int, initial: float = 0.05, query: float = 0.05) -> tuple:
+    return (("active.rounds", r_al), ("active.initial", initial), ("active.query", query))
+
+
 def cells_for(table: str, variant: str) -> list[Cell]:
     """The protocol of one table, as cells (see the module docstring)."""
     spec = _paper()[table]
@@ -85,9 +98,10 @@ def cells_for(table: str, variant: str) -> list[Cell]:
     if table == "I":
         for r in rows:
             for d in cols:
-                out.append(Cell(table, r["row"], d, r["method"], d,
+                out.append(Cell(table, r["row"], d, _strategy(r["method"]), d,
                                 (("partition.scheme", "logo"), ("partition.alpha", 0.1),
-                                 ("labeling.budget", r["budget"] / 100)), rounds=100))
+                                 ("labeling.budget", r["budget"] / 100)), rounds=100,
+                                active=() if r["method"] == "fast" else _loop(r["r_al"])))
     elif table == "II":
         comp = {"1+2+3": (("labeling.merge", "human+weak"), ("labeling.strategy", "uncertainty")),
                 "1+2+4": (("labeling.merge", "human+weak"), ("labeling.strategy", "random")),
@@ -102,9 +116,9 @@ def cells_for(table: str, variant: str) -> list[Cell]:
     elif table == "III":
         for r in rows:
             for d in cols:
-                out.append(Cell(table, r["row"], d, r["method"], d,
+                out.append(Cell(table, r["row"], d, _strategy(r["method"]), d,
                                 (("partition.scheme", "iid"), ("labeling.budget", 0.05)),
-                                rounds=100 if r["method"] == "fast" else 800))
+                                rounds=100, active=() if r["method"] == "fast" else _loop(8)))
     elif table == "IV":
         agg = {"FedAvg": (("train.aggregator", "fedavg"),),
                "FedProx": (("train.aggregator", "fedprox"), ("train.prox_mu", 0.01)),
@@ -138,9 +152,10 @@ def cells_for(table: str, variant: str) -> list[Cell]:
     elif table == "fig2":
         for r in rows:
             for d in cols:
-                out.append(Cell(table, r["row"], d, r["method"], d,
+                out.append(Cell(table, r["row"], d, _strategy(r["method"]), d,
                                 DIRICHLET + (("labeling.budget", 0.05),),
-                                rounds=100 if r["method"] == "fast" else 300))
+                                rounds=100 if r["method"] == "fast" else 50,
+                                active=() if r["method"] == "fast" else _loop(6, 0.10, 0.05)))
     elif table == "fig4":
         for r in rows:
             for d in cols:
@@ -155,14 +170,21 @@ def cells_for(table: str, variant: str) -> list[Cell]:
 # --------------------------------------------------------------------- running
 
 
-def run_fast(config, workdir) -> dict:
+def run_main(config, workdir) -> dict:
+    """FAST's job or the iterative loop, as `config.method` says."""
     from fastjax import main as fast_main
 
     return fast_main.run(config, workdir, progress=False)
 
 
-# Method name (paper_tables.json "method") -> runner(config, workdir) -> summary dict.
-METHODS: dict[str, Callable] = {"fast": run_fast}
+def _methods() -> dict[str, Callable]:
+    from fastjax.active import STRATEGIES
+
+    return {"fast": run_main, **{name: run_main for name in STRATEGIES}}
+
+
+# Method name -> runner(config, workdir) -> summary dict: FAST and every query strategy.
+METHODS: dict[str, Callable] = _methods()
 
 
 def build_config(cell: Cell, args, scale: dict):
@@ -186,7 +208,10 @@ def build_config(cell: Cell, args, scale: dict):
         c.labeling.measure = "norm"
         c.labeling.class_aware = True
         c.labeling.tie_break = "lowest_class"
-    for key, value in cell.overrides:
+    if cell.method != "fast":  # an iterative baseline: the same data, partition, model, training
+        c.method = "active"
+        c.active.strategy = cell.method
+    for key, value in cell.overrides + cell.active:
         sect, name = key.split(".")
         setattr(getattr(c, sect), name, value)
     if c.encoder.name != (args.encoder or scale["encoder"]):  # Table V picks its encoder
@@ -194,6 +219,8 @@ def build_config(cell: Cell, args, scale: dict):
         if c.encoder.name != STAND_IN and args.image_size is None:
             c.encoder.image_size = 0  # the checkpoint's own resolution
     c.partition.alpha = max(c.partition.alpha, scale.get("min_alpha", 0.0))
+    if scale.get("max_al_rounds"):
+        c.active.rounds = min(c.active.rounds, scale["max_al_rounds"])
     t = c.train
     paper_rounds = cell.rounds or 100
     rounds = scale["linear_rounds" if c.model.name == "linear" else "rounds"]
@@ -223,7 +250,7 @@ def _slug(s: str) -> str:
 def availability(cell: Cell, args, config) -> str | None:
     """None when the cell can run, else why not (one short phrase)."""
     if cell.method not in METHODS:
-        return "baselines: not yet available"
+        return f"{cell.method}: no such method in fastjax"
     if cell.table == "V" and ENCODER_COLUMNS.get(cell.column, cell.column) is None:
         return f"{cell.column}: no such encoder in fastjax"
     from fastjax import data, encode
@@ -232,7 +259,9 @@ def availability(cell: Cell, args, config) -> str | None:
         data.load_train_test(config.data.name, config.data.root or None)
     except (data.DatasetNotFoundError, FileNotFoundError) as e:
         return f"dataset {config.data.name} not found ({type(e).__name__})"
-    if config.encoder.name != STAND_IN:
+    from fastjax.config import needs_encoder
+
+    if needs_encoder(config) and config.encoder.name != STAND_IN:
         try:
             encode.load_encoder(config.encoder.name, variant=config.encoder.variant or None)
         except (FileNotFoundError, ValueError, OSError) as e:
@@ -243,17 +272,22 @@ def availability(cell: Cell, args, config) -> str | None:
 def run_cell(cell: Cell, args, scale: dict, out: Path, memo: dict | None = None) -> dict:
     """Run one cell (or reuse the result of an identical config run earlier: with
     --substitute, several columns resolve to the same job)."""
+    from fastjax.config import needs_encoder
+
     config = build_config(cell, args, scale)
     why = availability(cell, args, config)
     rec = {"row": cell.row, "column": cell.column, "method": cell.method,
-           "dataset": config.data.name, "encoder": config.encoder.name,
+           "dataset": config.data.name,
+           "encoder": config.encoder.name if needs_encoder(config) else None,
            "overrides": dict(cell.overrides)}
     if why:
         return {**rec, "status": why}
     key = (cell.method, config.to_json(sort_keys=True))
     if memo is not None and key in memo:
         return {**memo[key], **rec}
-    workdir = out / f"table_{cell.table}" / f"{_slug(cell.row)}__{_slug(cell.column)}"
+    # A baseline's R_AL = 4 and 8 rows share a directory: the longer run continues the shorter.
+    name = _slug(cell.row) if cell.method == "fast" else f"{cell.method}_{_slug(cell.row.split(' (')[0])}"
+    workdir = out / f"table_{cell.table}" / f"{name}__{_slug(cell.column)}"
     try:
         s = METHODS[cell.method](config, workdir)
     except (ValueError, FloatingPointError) as e:  # one bad cell must not end a long run
@@ -263,11 +297,11 @@ def run_cell(cell: Cell, args, scale: dict, out: Path, memo: dict | None = None)
             if line.strip()]
     done = {**rec, "status": "ran", "final_accuracy": s["final_accuracy"],
             "best_accuracy": s["best_accuracy"], "annotations": s["annotations"],
-            "weak_label_accuracy": s["weak_label_accuracy"],
-            "weak_label_accuracy_before": s["weak_label_accuracy_before_refinement"],
+            "weak_label_accuracy": s.get("weak_label_accuracy"),
+            "weak_label_accuracy_before": s.get("weak_label_accuracy_before_refinement"),
             "comm_mib": s["comm_mib"], "seconds": s["wall_seconds"]["total"],
-            "rounds": s["rounds"], "encoder_note": s["encoder"].get("note"),
-            "encoder_image_size": s["encoder"].get("image_size"),
+            "rounds": s.get("rounds", s.get("fl_rounds")), "encoder_note": s.get("encoder", {}).get("note"),
+            "encoder_image_size": s.get("encoder", {}).get("image_size"),
             "curve": [(h["round"], h["accuracy"]) for h in hist if "accuracy" in h]}
     if memo is not None:
         memo[key] = done
@@ -378,7 +412,7 @@ def render(table: str, spec: dict, recs: list[dict], header: list[str]) -> str:
     absent += [r["row"] for r in spec["rows"] if r["row"] != "average"
                and not any(x["row"] == r["row"] for x in recs)]
     if absent:
-        lines += ["", "'-': not selected for this run (--datasets): " + ", ".join(absent) + "."]
+        lines += ["", "'-': not selected for this run (--datasets / --methods): " + ", ".join(absent) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -416,7 +450,7 @@ def header_lines(args, scale_name: str, scale: dict, recs: list[dict]) -> list[s
 
     info = common.device_info()
     enc = sorted({(r["encoder"], r.get("encoder_image_size"), r.get("encoder_note"))
-                  for r in recs if r["status"] == "ran"}, key=str)
+                  for r in recs if r["status"] == "ran" and r["encoder"]}, key=str)
     encs = "; ".join(f"{e} at {s or 'native'} px" + (f" ({n})" if n else "") for e, s, n in enc)
     variant = ("FAST-official (kNN votes, norm on raw votes, class-aware quota)"
                if variant_official(args) else
@@ -450,9 +484,10 @@ def reproduce(table: str, args) -> dict:
     if args.datasets:
         keep = set(args.datasets.split(","))
         cells = [c for c in cells if c.dataset in keep]
+    if args.methods:
+        keep = set(args.methods.split(","))
+        cells = [c for c in cells if c.method in keep]
     recs, memo = [], {}
-    if any(c.method not in METHODS for c in cells):
-        print(f"[reproduce] Table {table}: baselines: not yet available", flush=True)
     for cell in cells:
         rec = run_cell(cell, args, scale, out, memo)
         recs.append(rec)
@@ -479,6 +514,7 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default="", help="datasets (default: $FASTJAX_DATA_ROOT)")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--datasets", default="", help="run only these dataset columns / rows")
+    p.add_argument("--methods", default="", help="run only these methods (fast, random, logo, ...)")
     p.add_argument("--substitute", default="", help="run every dataset column on this dataset")
     p.add_argument("--encoder", default="", help="override the scale's encoder (not Table V)")
     p.add_argument("--image-size", type=int, default=None)

@@ -267,6 +267,13 @@ def validate(config) -> None:
         raise ValueError("invalid config: " + "; ".join(e.strip() for e in errs))
 
 
+def unread_sections(config) -> tuple[str, ...]:
+    """Config sections the chosen method never reads (so changing them changes nothing)."""
+    if config.method == "active":
+        return ("labeling.", "seed_labels.") + (() if needs_encoder(config) else ("encoder.",))
+    return ("active.",)
+
+
 def needs_encoder(config) -> bool:
     """FAST labels with the encoder; the iterative loop needs it only for linear probing."""
     return config.method == "fast" or config.model.name == "linear"

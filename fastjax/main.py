@@ -45,7 +45,8 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     config_lib.validate(config)
     config_lib.check_files(config)
     workdir = Path(workdir)
-    with checkpoints.RunDir.open(workdir, config, extendable=_extendable(config, workdir)):
+    with checkpoints.RunDir.open(workdir, config, extendable=_extendable(config, workdir),
+                                 ignore=config_lib.unread_sections(config)):
         if (workdir / "checkpoints").exists():
             store = checkpoints.Checkpoints(workdir / "checkpoints")
             store.validate(log)

@@ -23,6 +23,9 @@ def _config(**over):
     c = config_lib.base_config()
     c.unlock()
     for k, v in over.items():
+        if "__" not in k:
+            setattr(c, k, v)
+            continue
         sect, key = k.split("__")
         setattr(getattr(c, sect), key, v)
     c.lock()
@@ -156,3 +159,15 @@ def test_nan_stop_without_checkpoint_names_the_last_good_round(tmp_path):
         engine.fit(model, v, bad, clients.x[0], clients.y[0], spec, lambda x: x, workdir=tmp_path,
                    progress=False)
     assert "None" not in str(e.value) and "stopping after round 0" in str(e.value)
+
+
+def test_sections_the_method_does_not_read_are_not_compared(tmp_path):
+    c = _config(method="active", labeling__budget=0.2)
+    with checkpoints.RunDir.open(tmp_path, c, ignore=config_lib.unread_sections(c)):
+        pass
+    c2 = _config(method="active", labeling__budget=0.4, encoder__name="clip")
+    with checkpoints.RunDir.open(tmp_path, c2, ignore=config_lib.unread_sections(c2)):
+        pass  # the loop on a CNN reads neither the labeling nor the encoder section
+    c3 = _config(method="active", active__strategy="badge")
+    with pytest.raises(checkpoints.RunMismatchError, match="active.strategy"):
+        checkpoints.RunDir.open(tmp_path, c3, ignore=config_lib.unread_sections(c3))

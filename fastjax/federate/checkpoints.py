@@ -73,13 +73,16 @@ def config_differences(old: dict, new: dict, extendable: dict[str, int] | None =
 
     extendable: key -> the least value it may take (e.g. {"train.rounds": rounds already
     run}): such a key may change as long as it stays at or above that value.
+    non_result: keys, or prefixes ending in "." (a whole section), that cannot change
+    this run's results.
     """
     a, b = _flatten(old), _flatten(new)
+    prefixes = tuple(k for k in non_result if k.endswith("."))
     skip = set(non_result)
     extendable = extendable or {}
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in skip or a.get(key) == b.get(key):
+        if key in skip or key.startswith(prefixes) or a.get(key) == b.get(key):
             continue
         if key in extendable and key in a and key in b:
             if b[key] >= extendable[key]:
@@ -111,12 +114,13 @@ class RunDir:
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
-    def open(cls, workdir, config, *, extendable=None) -> "RunDir":
+    def open(cls, workdir, config, *, extendable=None, ignore=()) -> "RunDir":
         """Lock `workdir`, check it holds this run (or nothing), then write config.json.
 
         extendable: see `config_differences`; by default `train.rounds` may be raised (or
         lowered to no fewer than the rounds already run) when the learning-rate schedule
-        does not depend on it.
+        does not depend on it. ignore: more keys or sections ("labeling.") the run does
+        not read.
 
         Raises RunLockedError, RunMismatchError or PermissionError, all before compute.
         """
@@ -126,7 +130,7 @@ class RunDir:
                                   "--workdir or fix its permissions")
         run.lock()
         try:
-            run.check_identity(config, extendable)
+            run.check_identity(config, extendable, ignore)
             run.write_config(config)
         except BaseException:
             run.close()
@@ -175,7 +179,7 @@ class RunDir:
     def holds_results(self) -> bool:
         return any((self.path / n).exists() for n in ("checkpoints", "metrics.jsonl", "summary.json"))
 
-    def check_identity(self, config, extendable=None) -> None:
+    def check_identity(self, config, extendable=None, ignore=()) -> None:
         new = config_dict(config)
         if not self.config_path.exists():
             if self.holds_results():
@@ -193,7 +197,7 @@ class RunDir:
             extendable = {}
             if not _flatten(new).get("train.lr_drop_at"):
                 extendable["train.rounds"] = MetricsLog(self.path / "metrics.jsonl").last_round()
-        diffs = config_differences(old, new, extendable)
+        diffs = config_differences(old, new, extendable, NON_RESULT_KEYS | set(ignore))
         if diffs:
             raise RunMismatchError(
                 f"work directory {self.path} holds a different run ({len(diffs)} result-relevant "
