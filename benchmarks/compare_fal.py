@@ -29,11 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT_STRATEGIES = ("random", "entropy", "coreset", "badge", "alfa_mix", "gcnal")
+DEFAULT_STRATEGIES = ("random", "entropy", "coreset", "badge", "alfa_mix", "gcnal", "logo", "kafal", "ll4al")
 FULL = {"train_limit": 0, "test_limit": 0, "clients": 10, "fl_rounds": 100, "local_epochs": 5,
         "batch_size": 64, "al_rounds": (4, 8), "image_size": 224}
 QUICK = {"train_limit": 4000, "test_limit": 1000, "clients": 5, "fl_rounds": 8, "local_epochs": 1,
          "batch_size": 32, "al_rounds": (2, 3), "image_size": 64}
+TINY = {"train_limit": 600, "test_limit": 200, "clients": 3, "fl_rounds": 2, "local_epochs": 1,
+        "batch_size": 16, "al_rounds": (1, 2), "image_size": 32}  # CI's smoke run
 
 
 def _common(c, args, size):
@@ -76,17 +78,24 @@ def fast_config(args, size):
     return c
 
 
-def paper_numbers(dataset: str) -> dict:
-    """The paper's Table I (accuracy) and Table III (MB, s) figures for `dataset`, from
-    benchmarks/paper_tables.json (data, not code)."""
-    path = Path(__file__).with_name("paper_tables.json")
-    if not path.exists():
-        return {}
-    tables = json.loads(path.read_text())
+def paper_numbers(dataset: str, partition: str) -> dict:
+    """The paper's figures for `dataset` from benchmarks/paper_tables.json (data, not
+    code), keyed by (method, R_AL): Table I's accuracy for the inter-class diversity
+    partition (logo), Table III's accuracy, MB and seconds for IID (its baselines ran 8
+    AL rounds)."""
+    tables = json.loads(Path(__file__).with_name("paper_tables.json").read_text())["tables"]
+    name = {"alfamix": "alfa_mix"}
     out = {}
-    for row in tables.get("I", {}).get("rows", []):
-        if dataset in row:
-            out[(row["method"].lower().replace("-", "_"), row["R_AL"])] = {"accuracy": row[dataset]}
+    if partition == "logo":
+        for row in tables["I"]["rows"]:
+            if dataset in row["values"]:
+                out[(name.get(row["method"], row["method"]), row["r_al"])] = {"accuracy": row["values"][dataset]}
+    elif partition == "iid":
+        for row in tables["III"]["rows"]:
+            v = row["values"].get(dataset)
+            if v:
+                r_al = 1 if row["method"] == "fast" else 8
+                out[(row["method"], r_al)] = {"accuracy": v.get("acc"), "mib": v.get("mb"), "seconds": v.get("s")}
     return out
 
 
@@ -138,15 +147,22 @@ def table_rows(results: dict, al_rounds) -> list[dict]:
 
 
 def markdown(rows: list[dict], paper: dict, header: str) -> str:
+    def num(x, fmt):
+        return "" if x is None else format(x, fmt)
+
     lines = [header, "",
-             "| method | R_AL | accuracy (final) | accuracy (mean last 5) | paper | MiB | query s | train s "
-             "| annotations | FL rounds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | R_AL | accuracy % (final) | accuracy % (mean last 5) | paper % | MiB | paper MB "
+             "| query s | train s | paper s | annotations | FL rounds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p = paper.get((r["method"], r["R_AL"]), {}).get("accuracy")
+        p = paper.get((r["method"], r["R_AL"]), {})
         lines.append(f"| {r['method']} | {r['R_AL']} | {100 * r['accuracy']:.2f} | {100 * r['last5']:.2f} | "
-                     f"{'' if p is None else f'{p:.2f}'} | {r['mib']:.1f} | {r['query_s']:.1f} | "
-                     f"{r['train_s']:.1f} | {r['annotations']} | {r['fl_rounds']} |")
+                     f"{num(p.get('accuracy'), '.2f')} | {r['mib']:.1f} | {num(p.get('mib'), '.2f')} | "
+                     f"{r['query_s']:.1f} | {r['train_s']:.1f} | {num(p.get('seconds'), '.0f')} | "
+                     f"{r['annotations']} | {r['fl_rounds']} |")
+    lines += ["", "FAST's query s is its encoding plus both labeling passes; a baseline's is the sum of "
+              "its AL rounds' queries (local-only training for LoGo, the clients' last local models "
+              "for KAFAL). Paper MB are MiB (TABLES.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -193,9 +209,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fast", action="store_true")
     p.add_argument("--quick", action="store_true", help="CPU-sized: minutes, not hours")
+    p.add_argument("--tiny", action="store_true", help="seconds: CI's smoke run")
     args = p.parse_args(argv)
     args.strategies = [s for s in args.strategies.split(",") if s]
-    size = dict(QUICK if args.quick else FULL)
+    size = dict(TINY if args.tiny else QUICK if args.quick else FULL)
     if args.al_rounds:
         size["al_rounds"] = tuple(int(x) for x in args.al_rounds.split(","))
     from benchmarks import common
@@ -207,10 +224,12 @@ def main(argv=None):
     results["device"] = common.device_info()
     results["seconds"] = time.perf_counter() - t0
     rows = table_rows(results, size["al_rounds"])
+    paper = {"logo": "Table I", "iid": "Table III"}.get(args.partition)
     header = (f"FAST vs iterative FAL on {args.dataset} ({args.partition} partition, {size['clients']} clients, "
-              f"{args.model}, {size['fl_rounds']} FL rounds per AL round{', quick' if args.quick else ''}); "
-              f"FAST: {args.encoder} encoder, {args.fast_budget:.0%} budget. Paper: Table I (SigLIP, full data).")
-    md = markdown(rows, paper_numbers(args.dataset), header)
+              f"{args.model}, {size['fl_rounds']} FL rounds per AL round{', quick' if args.quick else ', tiny' if args.tiny else ''}); "
+              f"FAST: {args.encoder} encoder, {args.fast_budget:.0%} budget. "
+              + (f"Paper: {paper} (SigLIP, full data)." if paper else "The paper prints no table for this partition."))
+    md = markdown(rows, paper_numbers(args.dataset, args.partition), header)
     (out / "compare.md").write_text(md)
     (out / "compare.json").write_text(json.dumps({**results, "rows": rows}, indent=1, default=str))
     plots(results, out)

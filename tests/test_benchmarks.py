@@ -88,3 +88,26 @@ def test_gpu_suite_dry_run(tmp_path):
     assert all(g["met"] is None for g in d["goals"])  # a dry run judges nothing
     md = (out / "suite.md").read_text()
     assert "Dry run" in md and "## SigLIP" in md and "## FAST job" in md
+
+
+def test_compare_fal_tiny(tiny_folder, tmp_path):
+    """FAST and baselines (one plain, one training-changing) on one partition: the table's
+    rows, the accounting and the plots."""
+    import json
+
+    from benchmarks import compare_fal
+
+    out = tmp_path / "cmp"
+    compare_fal.main(["--dataset", "imagefolder", "--data-root", str(tiny_folder), "--out", str(out),
+                      "--strategies", "random,kafal", "--partition", "iid", "--tiny"])
+    res = json.loads((out / "compare.json").read_text())
+    rows = {(r["method"], r["R_AL"]): r for r in res["rows"]}
+    assert set(rows) == {("random", 1), ("random", 2), ("kafal", 1), ("kafal", 2), ("fast", 1)}
+    # The same model and accounting for everyone: MiB per FL round equal across methods.
+    per_round = {m: r["mib"] / r["fl_rounds"] for (m, _), r in rows.items() if m != "fast"}
+    assert len({round(v, 9) for v in per_round.values()}) == 1
+    assert rows[("random", 2)]["annotations"] == 2 * rows[("random", 1)]["annotations"]
+    md = (out / "compare.md").read_text()
+    assert "| kafal | 2 |" in md and "| fast | 1 |" in md
+    for png in ("fig2.png", "accuracy_vs_mib.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
