@@ -84,7 +84,7 @@ def test_loop_end_to_end_budgets_and_metrics(tiny_folder, tmp_path):
 
 
 def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
-    cfg = _cfg(tiny_folder, active__reset="continue")
+    cfg = _cfg(tiny_folder, active__reset="continue", active__rounds=2)
     full = fast_main.run(cfg, tmp_path / "a", progress=False)
 
     from fastjax.federate import engine
@@ -117,7 +117,7 @@ def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
 
     a, b = final(tmp_path / "a"), final(tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, a, b)  # bitwise
-    for al in (1, 2, 3):
+    for al in (1, 2):
         for x, y in zip(_sets(tmp_path / "a", al), _sets(tmp_path / "b", al)):
             np.testing.assert_array_equal(x, y)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
@@ -169,7 +169,7 @@ def test_logo_lr_drop_matches_reference_rule():
 # ------------------------------------------------------------------ the three that change training
 
 
-@pytest.mark.parametrize("strategy", ["logo", "kafal", "ll4al"])
+@pytest.mark.parametrize("strategy", ["logo", "ll4al"])  # KAFAL: the resume test below
 def test_training_changing_strategies_end_to_end(tiny_folder, tmp_path, strategy):
     cfg = _cfg(tiny_folder, active__strategy=strategy, active__rounds=2, train__rounds=2,
                active__local_only_epochs=3, active__logo_n_init=2)
@@ -191,7 +191,8 @@ def test_kafal_resumed_at_an_al_boundary_equals_uninterrupted(tiny_folder, tmp_p
     # round 1; a fresh process recomputes them from the checkpoint before that round.
     cfg2 = _cfg(tiny_folder, active__strategy="kafal", active__rounds=2, train__rounds=2, train__checkpoint_every=5)
     cfg1 = _cfg(tiny_folder, active__strategy="kafal", active__rounds=1, train__rounds=2, train__checkpoint_every=5)
-    fast_main.run(cfg2, tmp_path / "a", progress=False)
+    full = fast_main.run(cfg2, tmp_path / "a", progress=False)
+    assert [r["labeled"] for r in full["al_rounds"]] == [24, 48] and full["annotations"] == 48
     fast_main.run(cfg1, tmp_path / "b", progress=False)
     fast_main.run(cfg2, tmp_path / "b", progress=False)  # active.rounds may be raised
     for x, y in zip(_sets(tmp_path / "a", 2), _sets(tmp_path / "b", 2)):

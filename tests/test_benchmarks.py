@@ -19,25 +19,12 @@ def _run(args, timeout=600):
     return out
 
 
-def test_rounds_per_sec_tiny(tmp_path):
-    _run(["benchmarks/rounds_per_sec.py", "--workload", "tiny", "--json", str(tmp_path / "r.json"),
-          "--repeats", "1", "--strategies", "vmap,sequential", "--conv-impls", "im2col", "--peers", "torch"])
-    d = json.loads((tmp_path / "r.json").read_text())
-    assert d["workload"]["name"] == "tiny" and d["device"]["jax_backend"] == "cpu"
-    names = {r["name"] for r in d["results"]}
-    assert {"fastjax-vmap-im2col", "fastjax-sequential-im2col", "pytorch-sequential"} <= names
-    for r in d["results"]:
-        assert r["samples_per_sec"] > 0 and r["sec_per_round"] > 0
-    assert isinstance(d["ratio_vs_torch"], float)
-    assert (tmp_path / "r.md").read_text().startswith("| name |")
-
-
 def test_client_scaling_tiny(tmp_path):
-    _run(["benchmarks/client_scaling.py", "--clients", "2,4", "--steps", "1", "--batch", "4", "--repeats", "1",
+    _run(["benchmarks/client_scaling.py", "--clients", "4", "--steps", "1", "--batch", "4", "--repeats", "1",
           "--strategies", "vmap,sharded", "--host-devices", "2", "--json", str(tmp_path / "s.json")])
     d = json.loads((tmp_path / "s.json").read_text())
     pts = {(r["strategy"], r["clients"]): r for r in d["results"]}
-    assert set(pts) == {("vmap", 2), ("vmap", 4), ("sharded", 2), ("sharded", 4)}
+    assert set(pts) == {("vmap", 4), ("sharded", 4)}
     assert all("error" not in r for r in pts.values()), pts
     assert pts[("sharded", 4)]["devices"] == 2 and pts[("vmap", 4)]["devices"] == 1
     assert (tmp_path / "s.png").stat().st_size > 1000
@@ -55,20 +42,12 @@ def test_fast_walltime_tiny(tmp_path):
     assert d["paper_table3"]["fast_total_seconds"] == 7342.52
 
 
-def test_rounds_per_sec_dirichlet_bucketed_has_no_masked_steps(tmp_path):
-    _run(["benchmarks/rounds_per_sec.py", "--workload", "tiny-dirichlet", "--json", str(tmp_path / "d.json"),
-          "--repeats", "1", "--strategies", "vmap,bucketed", "--conv-impls", "im2col", "--critical-path",
-          "--peers", "none"])
-    rows = {r["name"]: r for r in json.loads((tmp_path / "d.json").read_text())["results"]}
-    assert rows["fastjax-bucketed-im2col"]["masked_step_fraction"] == 0.0
-    assert rows["fastjax-vmap-im2col"]["masked_step_fraction"] > 0.0  # Dir(0.1) sizes are ragged
-    assert rows["fastjax-critical-path-im2col"]["clients"] == 1
-
-
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "ml_collections")),
                     reason="needs torch, transformers and ml_collections")
 def test_gpu_suite_dry_run(tmp_path):
-    # The accelerator suite, every section, at tiny sizes on the CPU (~100 s on 2 busy cores).
+    # The accelerator suite, every section, at tiny sizes on the CPU (~50 s on 2 cores): it
+    # also stands for benchmarks/rounds_per_sec.py (vmap, bucketed Dirichlet, critical path,
+    # the PyTorch peer and torch.compile), client_scaling.py (chunked) and fast_walltime.py.
     out = tmp_path / "out"
     res = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(out), "--dry-run"], cwd=ROOT, capture_output=True,
                          text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
