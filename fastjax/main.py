@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from fastjax import config as config_lib
@@ -84,6 +85,7 @@ def main(argv=None):
         from fastjax.federate.checkpoints import RunLockedError
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        warnings.formatwarning = lambda message, *_a, **_k: f"fastjax: warning: {message}\n"
         cfg = flags.FLAGS.config
         if cfg is None:
             _error("--config is required, e.g. --config configs/demo.py")
