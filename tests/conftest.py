@@ -26,3 +26,25 @@ def write_image_folder(root, n_train=240, n_test=80, classes=4, size=16, seed=0)
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("tinyfolder"))
+
+
+def set_options(config, **over):
+    """Test configs: `section__key=value` (or `key=value` at the top) onto a ConfigDict."""
+    for k, v in over.items():
+        if "__" in k:
+            sect, key = k.split("__")
+            setattr(getattr(config, sect), key, v)
+        else:
+            setattr(config, k, v)
+    return config
+
+
+def final_checkpoint(workdir):
+    """The work directory's latest checkpoint, as saved (numpy arrays)."""
+    from fastjax.federate.checkpoints import Checkpoints
+
+    store = Checkpoints(workdir / "checkpoints")
+    try:
+        return store.read(store.latest())
+    finally:
+        store.close()

@@ -11,8 +11,8 @@ import pytest
 from fastjax import config as config_lib
 from fastjax import main as fast_main
 from fastjax.active import presets
-from fastjax.federate.checkpoints import Checkpoints
 from fastjax.methods import active
+from tests.conftest import final_checkpoint, set_options
 
 
 def _cfg(root, **over):
@@ -33,9 +33,7 @@ def _cfg(root, **over):
     c.active.initial = 0.1
     c.active.query = 0.1
     c.active.strategy = "entropy"
-    for k, v in over.items():
-        sect, key = k.split("__")
-        setattr(getattr(c, sect), key, v)
+    set_options(c, **over)
     c.lock()
     return c
 
@@ -108,14 +106,7 @@ def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "make_round_fn", real)
     resumed = fast_main.run(cfg, tmp_path / "b", progress=False)
 
-    def final(workdir):
-        store = Checkpoints(workdir / "checkpoints")
-        try:
-            return store.read(store.latest())
-        finally:
-            store.close()
-
-    a, b = final(tmp_path / "a"), final(tmp_path / "b")
+    a, b = final_checkpoint(tmp_path / "a"), final_checkpoint(tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, a, b)  # bitwise
     for al in (1, 2):
         for x, y in zip(_sets(tmp_path / "a", al), _sets(tmp_path / "b", al)):
@@ -198,14 +189,7 @@ def test_kafal_resumed_at_an_al_boundary_equals_uninterrupted(tiny_folder, tmp_p
     for x, y in zip(_sets(tmp_path / "a", 2), _sets(tmp_path / "b", 2)):
         np.testing.assert_array_equal(x, y)
 
-    def final(workdir):
-        store = Checkpoints(workdir / "checkpoints")
-        try:
-            return store.read(store.latest())
-        finally:
-            store.close()
-
-    jax.tree.map(np.testing.assert_array_equal, final(tmp_path / "a"), final(tmp_path / "b"))
+    jax.tree.map(np.testing.assert_array_equal, final_checkpoint(tmp_path / "a"), final_checkpoint(tmp_path / "b"))
 
 
 def _linear_clients(k=3, n=24, d=6, c=3, seed=0):

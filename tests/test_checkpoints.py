@@ -15,6 +15,7 @@ import pytest
 from fastjax import config as config_lib
 from fastjax.federate import checkpoints, engine
 from tests.test_federate import _linear_setup
+from tests.conftest import set_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _config(**over):
     c = config_lib.base_config()
     c.unlock()
-    for k, v in over.items():
-        if "__" not in k:
-            setattr(c, k, v)
-            continue
-        sect, key = k.split("__")
-        setattr(getattr(c, sect), key, v)
+    set_options(c, **over)
     c.lock()
     return c
 

