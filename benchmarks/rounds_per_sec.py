@@ -43,7 +43,7 @@ WORKLOADS = {
 }
 
 
-def client_sizes(w: dict) -> "np.ndarray":
+def client_sizes(w: dict):
     """Samples per client: equal (`samples`), or a seeded Dirichlet partition of `total`
     balanced-class samples, as the FAST job draws it."""
     import numpy as np

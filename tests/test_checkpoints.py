@@ -2,7 +2,6 @@
 (issue 13 items 1, 3, 4, 7, 8, 13)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

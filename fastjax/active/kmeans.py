@@ -170,7 +170,6 @@ def _sq_dist_to(xb, centers, labels):
 
 def _seed(x, xsq, mask, key, k: int, local_trials: int):
     """k-means++ seeding (D^2 sampling; greedy best-of-`local_trials` when > 1)."""
-    n = x.shape[0]
     w = mask.astype(x.dtype)
     uniform = jnp.where(mask, 0.0, -jnp.inf)
     key, sub = jax.random.split(key)
@@ -223,7 +222,6 @@ def _lloyd(x, xsq, mask, centers, tol_abs, max_iter, block: int):
     """Lloyd iterations from `centers` (sklearn `_kmeans_single_lloyd`); max_iter may be
     traced (a dynamic loop bound)."""
     n = x.shape[0]
-    k = centers.shape[0]
     w = mask.astype(x.dtype)
     xb = _to_blocks(x, block, 0.0)
     xsqb = _to_blocks(xsq, block, 0.0)

@@ -9,7 +9,6 @@ checkpoint of round r ends with the same state as one that never stopped.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from pathlib import Path

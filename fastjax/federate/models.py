@@ -13,7 +13,6 @@ ResNet-8's stem/stages) that LL4AL's loss-prediction module reads.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
