@@ -8,7 +8,8 @@ selector, 5% initial + 5% per AL round, R = 4 AL rounds x 100 FL rounds by defau
 
 Presets (fastjax/active/presets.py, sources in its docstring): paper_table1 (default),
 logo, fast_official, paper_fig2. R = 8: --config.active.rounds=8. Strategies:
-random, entropy, coreset, badge, alfa_mix, gcnal (fastjax.active.STRATEGIES).
+random, entropy, coreset, badge, alfa_mix, gcnal, and the three that change training:
+logo, kafal, ll4al (fastjax.active.STRATEGIES; their options: active.logo_*, kafal_*, ll4al_*).
 """
 
 from fastjax.active.presets import apply_preset
