@@ -598,7 +598,10 @@ def _policy_run(policy, merge="human+weak", budget=40, **kw):
 def test_filter_drop_keeps_exactly_confident_and_human():
     from fastjax.label import WeakLabelPolicy
 
-    for conf_name, t in (("vote_share", 0.8), ("proto_margin", 0.05)):
+    # 0.3 and 0.7: thresholds where float32 counts / k round below the share (7/10 is
+    # 0.69999999 in float32); the rule is on the exact share, as the reference computes it.
+    for conf_name, t in (("vote_share", 0.8), ("vote_share", 0.7), ("vote_share", 0.3),
+                         ("proto_margin", 0.05)):
         res, pools, oracle, z, y = _policy_run(WeakLabelPolicy("drop", conf_name, t))
         for k, p in enumerate(pools):
             rw, votes = ref_knn(z[p.unlabeled_idx], z[p.labeled_idx], p.labeled_y, 4, 10)
@@ -616,6 +619,36 @@ def test_filter_drop_keeps_exactly_confident_and_human():
             np.testing.assert_array_equal(res.train_y[k][n_seed:],
                                           np.where(asked, truth, rw)[keep])
         assert res.annotations == 40
+
+
+def test_filter_threshold_is_on_the_exact_vote_share():
+    """Shares reach the filter as float32 counts / k (7/10 -> 0.69999999): a threshold
+    t keeps exactly the labels with at least t * k votes, for every t on the k-grid."""
+    from fastjax.label.filtering import keep_mask, sample_weights, vote_share
+
+    k = 10
+    counts = np.arange(k + 1)
+    votes = np.stack([counts, k - counts], 1).astype(np.float32) / np.float32(k)  # as propagate.py
+    share = vote_share(votes, np.zeros(k + 1, np.int64))
+    for m in range(k + 1):
+        t = m / k
+        np.testing.assert_array_equal(keep_mask(share, t), counts >= m)
+        np.testing.assert_array_equal(sample_weights(share, t, 0.25),
+                                      np.where(counts >= m, 1.0, 0.25).astype(np.float32))
+
+
+def test_filter_threshold_outside_the_confidence_range_is_refused():
+    from fastjax.config import base_config, validate
+    from fastjax.label import WeakLabelPolicy
+
+    for by, t, word in (("vote_share", 1.5, "drop"), ("vote_share", -0.1, "keep"),
+                        ("proto_margin", 2.5, "drop")):
+        c = base_config()
+        c.labeling.filter, c.labeling.filter_by, c.labeling.filter_threshold = "drop", by, t
+        with pytest.raises(ValueError, match=f"filter_threshold={t}.*{by}'s range.*{word} every"):
+            validate(c)
+        with pytest.raises(ValueError, match="outside"):
+            WeakLabelPolicy("drop", by, t).validate()
 
 
 def test_filter_weight_and_verify_follow_their_rules():

@@ -36,6 +36,8 @@ import numpy as np
 from fastjax.label.uncertainty import NORMALIZE
 
 CONFIDENCES = ("vote_share", "proto_margin")
+# What each confidence can take: a share of k votes; a difference of two cosine similarities.
+CONFIDENCE_RANGE = {"vote_share": (0.0, 1.0), "proto_margin": (0.0, 2.0)}
 FILTERS = ("none", "drop", "weight")
 
 
@@ -59,6 +61,12 @@ class WeakLabelPolicy:
             errs.append(f"confidence={self.confidence!r}; allowed: {', '.join(CONFIDENCES)}")
         if not np.isfinite(self.threshold):
             errs.append(f"threshold={self.threshold} must be finite")
+        elif self.filter != "none" and self.confidence in CONFIDENCE_RANGE:
+            lo, hi = CONFIDENCE_RANGE[self.confidence]
+            if not lo <= self.threshold <= hi:
+                errs.append(f"threshold={self.threshold} is outside {self.confidence}'s range "
+                            f"[{lo:g}, {hi:g}]: it would {'keep' if self.threshold < lo else 'drop'}"
+                            " every weak label")
         if not 0.0 <= self.low_weight <= 1.0:
             errs.append(f"low_weight={self.low_weight} must be in [0, 1] (0 = drop, 1 = keep)")
         if not 0.0 <= self.verify_fraction <= 1.0:
@@ -93,9 +101,15 @@ def proto_margin(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
     return top2[:, 0] - second
 
 
+# Vote shares arrive as float32 counts / k: 7 / 10 is 0.69999999, which a plain
+# `>= 0.7` would drop. Comparisons absorb that round-off (as quality.vote_share_bins does).
+THRESHOLD_TOL = 1e-6
+
+
 def keep_mask(confidence: np.ndarray, threshold: float) -> np.ndarray:
-    """True where a weak label is kept: confidence >= threshold."""
-    return np.asarray(confidence) >= threshold
+    """True where a weak label is kept: confidence >= threshold, up to float32 round-off
+    (THRESHOLD_TOL), so a threshold of 0.7 keeps exactly the labels with 7 of 10 votes."""
+    return np.asarray(confidence, np.float64) >= threshold - THRESHOLD_TOL
 
 
 def sample_weights(confidence: np.ndarray, threshold: float, low_weight: float) -> np.ndarray:
