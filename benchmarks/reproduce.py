@@ -146,9 +146,12 @@ def cells_for(table: str, variant: str) -> list[Cell]:
             for m in cols:
                 norm = ("softmax" if variant == "paper"
                         else "sum" if m == "entropy" else "none")  # FAST-official ablation/
+                # Table VII measures the prototype vector (Eq. 7); FAST-official's ablation/
+                # scores the mean cosine similarity to each class too, not the kNN votes.
                 out.append(Cell(table, r["row"], m, "fast", r["row"],
                                 DIRICHLET + (("labeling.budget", 0.2), ("labeling.measure", m),
-                                             ("labeling.normalize", norm))))
+                                             ("labeling.normalize", norm),
+                                             ("labeling.score_source", "prototype"))))
     elif table == "fig2":
         for r in rows:
             for d in cols:
@@ -527,6 +530,16 @@ def parse_args(argv=None):
     bad = [t for t in tables if t not in TABLES]
     if bad:
         p.error(f"unknown table(s) {bad}; allowed: {', '.join(TABLES)} or all")
+    if args.methods:
+        bad = sorted(set(args.methods.split(",")) - set(METHODS))
+        if bad:
+            p.error(f"--methods: unknown {bad}; allowed: {', '.join(METHODS)}")
+    if args.datasets:
+        known = {c.dataset for t in tables for c in cells_for(t, args.variant)}
+        bad = sorted(set(args.datasets.split(",")) - known)
+        if bad:
+            p.error(f"--datasets: {bad} is in none of the tables {', '.join(tables)}; "
+                    f"they have: {', '.join(sorted(known))}")
     if args.substitute:
         from fastjax.data import DATASETS
 

@@ -6,9 +6,10 @@ same partition, seed and labels: linear probing on frozen embeddings, CIFAR-10.
 Variants (labeling options over the paper's defaults, Dirichlet(0.1), 10 clients, 1%
 shared seed, 20% budget): FAST as is; drop weak labels whose kNN vote share is below
 0.8; down-weight them to 0.25; spend half of each client's budget verifying the least
-confident weak labels; both halves of that and the drop; soft labels. The soft-label
+confident weak labels; both halves of that and the drop; soft labels. One soft-label
 pair runs on FAST-official's kNN-vote score (its vote fractions are the soft targets),
-with its own baseline. Writes filters.json and filters.md under --out, with the
+with its own baseline; three more soft-label rows use the paper's prototype score at
+softmax temperatures 1, 0.1, 0.03 and 0.01; the last row trains on each client's own seed. Writes filters.json and filters.md under --out, with the
 oracle annotations each variant cost and how precise its training labels were.
 """
 
@@ -30,6 +31,13 @@ VARIANTS = {  # name -> labeling overrides
     "verify 50% + drop share<0.8": {"verify_fraction": 0.5, "filter": "drop", "filter_threshold": 0.8},
     "FAST (kNN-vote score)": dict(VOTES),
     "soft labels (kNN-vote score)": {**VOTES, "soft_labels": True},
+    # The paper's own score: softmax of mean cosine similarities, which differ by ~0.1
+    # between classes, so T = 1 gives near-uniform targets; smaller T sharpens them.
+    "soft labels (prototype, T=1)": {"soft_labels": True, "soft_temperature": 1.0},
+    "soft labels (prototype, T=0.1)": {"soft_labels": True, "soft_temperature": 0.1},
+    "soft labels (prototype, T=0.03)": {"soft_labels": True, "soft_temperature": 0.03},
+    "soft labels (prototype, T=0.01)": {"soft_labels": True, "soft_temperature": 0.01},
+    "FAST, each client's own seed": {"labeled_source": "own"},
 }
 
 
@@ -71,6 +79,9 @@ def main(argv=None):
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--variants", default="|".join(VARIANTS), help="'|'-separated names")
     args = p.parse_args(argv)
+    unknown = [n for n in args.variants.split("|") if n not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; allowed: {' | '.join(VARIANTS)}")
     from benchmarks import common
     from fastjax import main as fast_main
 

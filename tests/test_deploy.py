@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,6 +105,45 @@ def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
     _close(variables, ref_vars)  # a resumed run ends where an uninterrupted one does
     rounds = [json.loads(l)["round"] for l in open(tmp_path / "server" / "metrics.jsonl")]
     assert rounds == [1, 2]
+
+
+def test_failure_right_after_a_checkpoint_fails_clearly_and_resumes(reference, tmp_path):
+    """checkpoint_every=1: round 1 is already saved when round 2 fails (and again when
+    the resumed run fails in its first round): the same clear error, nothing re-saved."""
+    cfg, _, ref_vars = reference
+    cfg1 = _tiny(cfg.encoder.cache_dir, train__checkpoint_every=1)
+    transport = server.LocalTransport(_nodes(tmp_path))
+    for _ in range(2):
+        transport.dropped = {2: {1}}
+        with pytest.raises(RuntimeError, match=r"round 2: site 1 failed: .*round 1 are checkpointed"):
+            server.run_server(cfg1, tmp_path / "server", transport, log=lambda m: None)
+        assert _final(tmp_path / "server", cfg1)[1] == 1
+    transport.dropped = {}
+    server.run_server(cfg1, tmp_path / "server", transport, log=lambda m: None)
+    _close(_final(tmp_path / "server", cfg1)[0], ref_vars)
+
+
+def test_budget_of_pool_matches_the_simulation(reference, tmp_path):
+    cfg, _, _ = reference
+    cfg_p = _tiny(cfg.encoder.cache_dir, labeling__budget_of="pool", labeling__budget=0.2)
+    ref = fast_main.run(cfg_p, tmp_path / "main", progress=False)
+    s = server.run_server(cfg_p, tmp_path / "server", server.LocalTransport(_nodes(tmp_path)),
+                          log=lambda m: None)
+    assert s["labeling_budget"] == ref["labeling_budget"] == s["annotations"] == ref["annotations"]
+    assert s["labeling_budget"] != round(0.2 * 300)  # of the pool, not of the training set
+    _close(_final(tmp_path / "server", cfg_p)[0], _final(tmp_path / "main", cfg_p)[0])
+
+
+def test_what_the_deployment_does_not_carry_is_refused(reference, tmp_path):
+    cfg, _, _ = reference
+    for over, word in (({"labeling__filter": "drop"}, "labeling.filter='drop'"),
+                       ({"labeling__verify_fraction": 0.5}, "labeling.verify_fraction=0.5"),
+                       ({"labeling__soft_labels": True}, "labeling.soft_labels=True"),
+                       ({"method": "active"}, "method='active'")):
+        bad = _tiny(cfg.encoder.cache_dir, **over)
+        with pytest.raises(ValueError, match=re.escape(word)):
+            server.run_server(bad, tmp_path / "s", server.LocalTransport([]))
+        assert not (tmp_path / "s").exists()  # refused before anything is written
 
 
 def test_aggregate_mode_leaves_a_dropped_site_out(reference, tmp_path):

@@ -33,6 +33,19 @@ def test_paper_tables_are_data_and_every_table_has_a_protocol():
     off = {c.column: dict(c.overrides)["labeling.normalize"]
            for c in reproduce.cells_for("VII", "official")}
     assert off["entropy"] == "sum" and off["norm"] == "none"
+    # ... and scores the prototype vector (mean cosine similarity per class), not kNN votes.
+    args, _ = reproduce.parse_args(["--table", "VII", "--variant", "official"])
+    for cell in reproduce.cells_for("VII", "official"):
+        c = reproduce.build_config(cell, args, reproduce.SCALES["tiny"])
+        assert (c.labeling.score_source, c.labeling.measure) == ("prototype", cell.column)
+
+
+def test_unknown_methods_or_datasets_fail_before_any_run(capsys):
+    for argv, word in ((["--table", "I", "--methods", "fast,badgee"], "badgee"),
+                       (["--table", "VII", "--datasets", "cifar-10"], "cifar-10")):
+        with pytest.raises(SystemExit) as e:
+            reproduce.parse_args(argv)
+        assert e.value.code == 2 and word in capsys.readouterr().err
 
 
 def test_paper_scale_communication_matches_table3():

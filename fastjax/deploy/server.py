@@ -73,6 +73,17 @@ def _check_config(config, on_failure):
     if config.labeling.where == "central":
         raise ValueError("labeling.where='central' labels every site's data in one place; across "
                          "sites use labeling.where='client'")
+    if config.method != "fast":
+        raise ValueError(f"method={config.method!r}: the deployment runs FAST's job; the iterative "
+                         "baselines run in one process (python -m fastjax.main)")
+    lab = config.labeling
+    policy = {k: v for k, v in (("labeling.filter", lab.filter), ("labeling.verify_fraction",
+                                 lab.verify_fraction), ("labeling.soft_labels", lab.soft_labels))
+              if v not in ("none", 0, 0.0, False)}
+    if policy:
+        raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in policy.items())}: the deployment "
+                         "does not carry the weak-label policy to the sites yet; run it in one "
+                         "process (python -m fastjax.main) or leave these at their defaults")
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on-failure={on_failure!r}; choose one of {ON_FAILURE}")
 
@@ -118,6 +129,7 @@ def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
 
     from fastjax import config as config_lib
     from fastjax.federate import aggregators, checkpoints, engine, models
+    from fastjax import label
     from fastjax.label import client_budgets, shared_embedding_bytes
 
     cj = pl.config_to_json(config)
@@ -140,7 +152,8 @@ def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
     sizes = [int(rep1[k]["dataset_size"]) for k in range(K)]
     n_train = sizes[0] if len(set(sizes)) == 1 and sizes[0] else sum(int(r["n"]) for r in rep1.values())
     pools = [int(rep1[k]["pool"]) for k in range(K)]
-    budget = int(round(lab.budget * n_train)) if lab.merge in ("human+weak", "human") else 0
+    budget = (label.budget_count(lab.budget, lab.budget_of, n_train, sum(pools))
+              if lab.merge in ("human+weak", "human") else 0)
     budgets = client_budgets(budget, pools)
     eps = 1e-6 if config.model.name == "linear" else 1e-3
     mean, std = _stats(rep1, eps)
@@ -206,7 +219,7 @@ def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
         failures.update({k: f"non-finite loss {rep['loss']}" for k, rep in bad.items()})
         ok = [k for k in sel if k in replies and k not in failures]
         if failures and (on_failure == "fail" or not ok):
-            if r > 1:
+            if r > 1 and ckpt.latest() != r - 1:  # not already saved (checkpoint_every, resume)
                 ckpt.save(r - 1, variables)
             ckpt.close()
             k = min(failures)
