@@ -82,6 +82,7 @@ def test_import_fills_the_oracle_and_merges(workdir):
     (("id", "label"), [[7, 1]], r"bad.csv: line 1 lacks the column\(s\) \['sample_id'\]"),
     (("client", "sample_id", "label"), [[1, 7, "cat"]], r"bad.csv line 2: sample_id 7 belongs to client 0"),
     (("sample_id", "label"), [["x7", "cat"]], r"bad.csv line 2: sample_id 'x7' is not an integer"),
+    (("client", "sample_id", "label"), [["zero", 7, "cat"]], r"bad.csv line 2: client 'zero' is not an integer"),
 ])
 def test_bad_annotation_files_are_refused(workdir, header, rows, msg):
     bad = _write(workdir / "bad.csv", header, rows)
@@ -110,3 +111,20 @@ def test_annotation_oracle_writes_the_query_until_annotated(tmp_path):
     assert annotate.read_query(tmp_path).sample_id.tolist() == [2, 5]
     assert (tmp_path / "annotations.stale.csv").exists()
     assert not (tmp_path / "annotations.csv").exists()
+
+
+def test_spreadsheet_csv_with_a_byte_order_mark_is_read(workdir):
+    """Excel's "CSV UTF-8" starts with a BOM; the header is still sample_id, label."""
+    path = workdir / "excel.csv"
+    path.write_bytes("\ufeffsample_id,label\r\n7,dog\r\n3,cat\r\n".encode("utf-8"))
+    annotate.import_annotations(path, workdir)
+    assert annotate.read_annotations(workdir / "annotations.csv",
+                                     annotate.read_query(workdir)) == {7: 1, 3: 0}
+
+
+def test_a_file_that_is_not_utf8_names_itself(workdir):
+    path = workdir / "latin1.csv"
+    path.write_bytes("sample_id,label\n7,chien\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.csv: not UTF-8 text .* save the annotations as CSV UTF-8"):
+        annotate.import_annotations(path, workdir)
+    assert not (workdir / "annotations.csv").exists()

@@ -175,15 +175,22 @@ def read_annotations(path, query: Query) -> dict[int, int]:
         raise FileNotFoundError(f"annotation file {path} not found")
     names = query.class_names
     owner = dict(zip(query.sample_id.tolist(), query.client.tolist()))
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = {"sample_id", "label"} - set(cols)
-        if missing:
-            raise ValueError(f"{path}: line 1 lacks the column(s) {sorted(missing)}; the header "
-                             f"must name sample_id and label (as query.csv does), got {cols}")
-        reader.fieldnames = cols
-        rows = list(reader)
+    # utf-8-sig: spreadsheets ("CSV UTF-8") start the file with a byte-order mark.
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            missing = {"sample_id", "label"} - set(cols)
+            if missing:
+                raise ValueError(f"{path}: line 1 lacks the column(s) {sorted(missing)}; the header "
+                                 f"must name sample_id and label (as query.csv does), got {cols}")
+            reader.fieldnames = cols
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the "
+                         "annotations as CSV UTF-8") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if len(rows) > query.budget:
         raise ValueError(f"{path} line {query.budget + 2}: {len(rows)} rows but the labeling "
                          f"budget is {query.budget} annotations; keep only the queried samples")
@@ -202,9 +209,15 @@ def read_annotations(path, query: Query) -> dict[int, int]:
             raise ValueError(f"{path} line {line}: sample_id {sid} repeats line {seen[sid]}; "
                              "keep one row per sample")
         seen[sid] = line
-        if (r.get("client") or "").strip() and int(r["client"]) != owner[sid]:
-            raise ValueError(f"{path} line {line}: sample_id {sid} belongs to client "
-                             f"{owner[sid]}, not client {int(r['client'])}")
+        client = (r.get("client") or "").strip()
+        if client:
+            try:
+                client_id = int(client)
+            except ValueError:
+                raise ValueError(f"{path} line {line}: client {client!r} is not an integer") from None
+            if client_id != owner[sid]:
+                raise ValueError(f"{path} line {line}: sample_id {sid} belongs to client "
+                                 f"{owner[sid]}, not client {client_id}")
         label = parse_label(r.get("label") or "", names)
         if label is None:
             continue
