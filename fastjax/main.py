@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -50,7 +51,7 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                                  ignore=config_lib.unread_sections(config)):
         if (workdir / "checkpoints").exists():
             store = checkpoints.Checkpoints(workdir / "checkpoints")
-            store.validate(log)
+            store.validate()
             store.close()
         method = importlib.import_module(METHODS[config.method])
         return method.run(config, workdir, progress=progress)
@@ -62,6 +63,23 @@ def _error(msg: str, code: int = 2, *, hard: bool = False):
         sys.stdout.flush()  # checkpoints are written synchronously, so nothing is pending
         os._exit(code)
     sys.exit(code)
+
+
+def _flag_error(e: Exception, args) -> str:
+    """absl / ml_collections errors as one readable line."""
+    msg = " ".join(str(e).replace("\\n", " ").replace("\n", " ").split()).replace("\\'", "'")
+    if "Traceback (most recent call last)" in msg:  # a config file's own error, wrapped
+        head = msg.split(": Error whilst parsing", 1)[0]
+        last = list(re.finditer(r"\b[A-Za-z]*(?:Error|Exception): ", msg))
+        return f"{head}: {msg[last[-1].end():]}" if last else msg
+    if isinstance(e, (KeyError, AttributeError)):  # an override of a key that does not exist
+        msg = msg.strip("'\" ")
+        name, _, hint = msg.partition(" ")
+        name = name.strip("'\"")
+        given = [a.split("=", 1)[0][2:] for a in args if a.startswith("--config.")]
+        path = next((g[len("config."):] for g in given if g.rsplit(".", 1)[-1] == name), name)
+        return f"unknown config key {path!r}" + (f": {hint.strip()}" if hint.strip() else "")
+    return msg
 
 
 def main(argv=None):
@@ -76,8 +94,7 @@ def main(argv=None):
         try:
             return flags.FLAGS(args)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-            msg = " ".join(str(e).replace("\\n", " ").replace("\n", " ").split()).strip("'\"")
-            _error(f"{msg} (every option: fastjax/config.py)")
+            _error(f"{_flag_error(e, args)} (every option: fastjax/config.py)")
 
     def _main(_):
         from absl import logging

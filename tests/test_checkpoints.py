@@ -62,8 +62,36 @@ def test_identity_refuses_result_relevant_changes_before_writing(tmp_path):
 def test_rounds_not_extendable_when_schedule_depends_on_them(tmp_path):
     with checkpoints.RunDir.open(tmp_path, _config(train__rounds=10, train__lr_drop_at=0.75)):
         pass
-    with pytest.raises(checkpoints.RunMismatchError, match="train.rounds"):
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    with pytest.raises(checkpoints.RunMismatchError,
+                       match=r"train\.rounds: 10 -> 20 \(not extendable: train\.lr_drop_at=0\.75"):
         checkpoints.RunDir.open(tmp_path, _config(train__rounds=20, train__lr_drop_at=0.75))
+
+
+def test_a_directory_without_results_takes_a_corrected_config(tmp_path):
+    """A first run that failed before computing (a wrong data root, say) leaves only
+    config.json: nothing to protect, so the corrected command runs there."""
+    with checkpoints.RunDir.open(tmp_path, _config(data__name="cifar10")):
+        pass
+    with checkpoints.RunDir.open(tmp_path, _config(data__name="mnist")):
+        pass
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["name"] == "mnist"
+    for result in ("active", "annotations.csv"):  # the loop's labeled sets, a person's labels
+        d = tmp_path.parent / f"{tmp_path.name}-{result}"
+        with checkpoints.RunDir.open(d, _config(data__name="cifar10")):
+            pass
+        (d / result).mkdir() if result == "active" else (d / result).write_text("")
+        with pytest.raises(checkpoints.RunMismatchError, match="data.name"):
+            checkpoints.RunDir.open(d, _config(data__name="mnist"))
+
+
+def test_where_and_how_fast_keys_may_change(tmp_path):
+    with checkpoints.RunDir.open(tmp_path, _config()):
+        pass
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    with checkpoints.RunDir.open(tmp_path, _config(compilation_cache_dir="off", train__chunk_memory_mb=10.0,
+                                                   active__pool_batch_size=64)):
+        pass
 
 
 def test_results_without_config_are_refused(tmp_path):
@@ -135,6 +163,35 @@ def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path):
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
 
 
+def _flip_bytes(step_dir: Path):
+    """Overwrite 8 bytes in the middle of the largest array file: the checkpoint still
+    reads back, as other numbers."""
+    f = max((p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"
+             and p.parent.parent.name.startswith("ocdbt.process")), key=lambda p: p.stat().st_size)
+    data = bytearray(f.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8] = bytes(255 - b for b in data[mid:mid + 8])
+    f.write_bytes(bytes(data))
+
+
+def test_checkpoint_with_flipped_array_bytes_is_set_aside(tmp_path):
+    rng = np.random.RandomState(0)
+    trees = {s: {"w": rng.randn(64, 64).astype(np.float32), "round": np.int64(s)} for s in (1, 2)}
+    store = checkpoints.Checkpoints(tmp_path / "checkpoints")
+    for s, t in trees.items():
+        store.save(s, t)
+    store.close()
+    _flip_bytes(tmp_path / "checkpoints" / "2")
+    store = checkpoints.Checkpoints(tmp_path / "checkpoints")
+    # orbax reads it back without complaint, as other numbers ...
+    assert not np.array_equal(store.read(2)["w"], trees[2]["w"])
+    with pytest.warns(UserWarning, match=r"checkpoints/2 is damaged \(CheckpointDigestError"):
+        assert store.validate() == 1  # ... which the digest written at save catches
+    np.testing.assert_array_equal(store.read(1)["w"], trees[1]["w"])
+    store.close()
+    assert list(tmp_path.glob("checkpoints-damaged-2-*"))
+
+
 def test_rerun_before_first_checkpoint_does_not_append(tmp_path):
     model, v, clients, spec = _linear_setup({"rounds": 3, "checkpoint_every": 0})
     tx, ty = clients.x[0], clients.y[0]
@@ -160,6 +217,7 @@ def test_sections_the_method_does_not_read_are_not_compared(tmp_path):
     c = _config(method="active", labeling__budget=0.2)
     with checkpoints.RunDir.open(tmp_path, c, ignore=config_lib.unread_sections(c)):
         pass
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
     c2 = _config(method="active", labeling__budget=0.4, encoder__name="clip")
     with checkpoints.RunDir.open(tmp_path, c2, ignore=config_lib.unread_sections(c2)):
         pass  # the loop on a CNN reads neither the labeling nor the encoder section

@@ -109,6 +109,9 @@ def test_fast_job_pixels_cnn4_central_labeling(tmp_path):
     ({"train__lr_decay_every": -2}, "train.lr_decay_every"),
     ({"train__weight_decay": -1e-4}, "train.weight_decay"),
     ({"train__eval_batch_size": 0}, "train.eval_batch_size"),
+    ({"train__lr": float("inf")}, "train.lr=inf must be finite"),
+    ({"train__weight_decay": float("nan")}, "train.weight_decay=nan must be finite"),
+    ({"labeling__filter": "drop", "labeling__filter_threshold": 1.2}, "filter_threshold=1.2 is outside"),
     ({"seed": -1}, "seed=-1"),
     ({"seed_labels__fraction": 0.5, "labeling__budget": 0.6}, "seed_labels.fraction=0.5 \\+ labeling.budget=0.6"),
 ])
@@ -134,11 +137,16 @@ def test_winograd_is_accepted(tmp_path):
     config_lib.validate(_small(tmp_path, model__name="cnn4", model__conv_impl="winograd"))
 
 
-@pytest.mark.parametrize("arg,msg", [("--config.train.roundz=3", 'Did you mean "rounds"'),
-                                     ("--config.train.rounds=abc", "train.rounds"),
-                                     ("--config.train.lr_decay=-1", "train.lr_decay")])
+@pytest.mark.parametrize("arg,msg", [
+    ("--config.train.roundz=3", "unknown config key 'train.roundz': Did you mean \"rounds\""),
+    ("--config.nosuch=1", "unknown config key 'nosuch'"),
+    ("--config.train.rounds=abc", "train.rounds=abc: invalid literal for int() with base 10: 'abc'"),
+    ("--config.train.lr_decay=-1", "train.lr_decay"),
+    ("--config=configs/cifar10_active.py:nope", "active preset 'nope' is not known"),
+])
 def test_cli_errors_are_one_line(tmp_path, arg, msg):
-    out = subprocess.run([sys.executable, "-m", "fastjax.main", "--config", "configs/demo.py",
+    config = [] if arg.startswith("--config=") else ["--config", "configs/demo.py"]
+    out = subprocess.run([sys.executable, "-m", "fastjax.main", *config,
                           f"--workdir={tmp_path}", arg], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()

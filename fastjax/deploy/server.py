@@ -197,7 +197,7 @@ def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
     bytes_per_client = engine.state_bytes(variables)
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
     metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
-    last = ckpt.validate(log) or 0
+    last = ckpt.validate() or 0
     if last > spec.rounds:
         raise ValueError(f"{workdir} holds a checkpoint of round {last}, beyond the {spec.rounds} "
                          "rounds asked for; raise train.rounds or start afresh")

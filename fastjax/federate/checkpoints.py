@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -37,8 +38,29 @@ LOCK_NAME = ".fastjax.lock"
 # things happen. Everything else in the config is result-relevant.
 NON_RESULT_KEYS = frozenset({
     "data.root", "encoder.cache_dir", "encoder.batch_size", "train.eval_batch_size",
-    "train.checkpoint_every", "train.strategy", "train.client_chunk", "model.conv_impl",
+    "train.checkpoint_every", "train.strategy", "train.client_chunk", "train.chunk_memory_mb",
+    "model.conv_impl", "compilation_cache_dir", "active.pool_batch_size",
 })
+# What a work directory holds once a run has computed something worth protecting (the
+# loop's labeled sets in active/ and a person's annotations included).
+RESULT_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "active", "annotations.csv")
+
+
+DIGEST_NAME = "fastjax_digest.json"  # inside each step's directory, beside orbax's files
+
+
+class CheckpointDigestError(ValueError):
+    """A checkpoint reads back, but not as the numbers that were saved."""
+
+
+def tree_digest(tree) -> list[list]:
+    """[dtype, shape, sha256] of every array of a pytree, sorted: independent of how the
+    container types come back from disk (orbax returns dicts and lists)."""
+    out = []
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        out.append([str(a.dtype), list(a.shape), hashlib.sha256(a.tobytes()).hexdigest()])
+    return sorted(out)
 
 
 class RunLockedError(RuntimeError):
@@ -177,17 +199,17 @@ class RunDir:
         return self.path / "config.json"
 
     def holds_results(self) -> bool:
-        return any((self.path / n).exists() for n in ("checkpoints", "metrics.jsonl", "summary.json"))
+        return any((self.path / n).exists() for n in RESULT_FILES)
 
     def check_identity(self, config, extendable=None, ignore=()) -> None:
         new = config_dict(config)
+        if not self.holds_results():
+            return  # nothing to protect (e.g. a first run that failed before computing): rewritten
         if not self.config_path.exists():
-            if self.holds_results():
-                raise RunMismatchError(
-                    f"work directory {self.path} holds results but no config.json, so it cannot "
-                    "be checked against this run; choose another --workdir, or delete "
-                    f"{self.path} to start afresh")
-            return
+            raise RunMismatchError(
+                f"work directory {self.path} holds results but no config.json, so it cannot "
+                "be checked against this run; choose another --workdir, or delete "
+                f"{self.path} to start afresh")
         try:
             old = json.loads(self.config_path.read_text())
         except (OSError, ValueError) as e:
@@ -198,6 +220,10 @@ class RunDir:
             if not _flatten(new).get("train.lr_drop_at"):
                 extendable["train.rounds"] = MetricsLog(self.path / "metrics.jsonl").last_round()
         diffs = config_differences(old, new, extendable, NON_RESULT_KEYS | set(ignore))
+        drop_at = _flatten(new).get("train.lr_drop_at")
+        if drop_at and "train.rounds" not in extendable:
+            diffs = [d + (f" (not extendable: train.lr_drop_at={drop_at} ties the lr schedule to it)"
+                          if d.startswith("train.rounds:") else "") for d in diffs]
         if diffs:
             raise RunMismatchError(
                 f"work directory {self.path} holds a different run ({len(diffs)} result-relevant "
@@ -279,7 +305,7 @@ class Checkpoints:
         s = self.steps()
         return s[-1] if s else None
 
-    def validate(self, log=None) -> int | None:
+    def validate(self) -> int | None:
         """Read the latest checkpoint back; move damaged ones aside (with a warning naming
         the directory) and fall back to the one before. Returns the usable step or None."""
         while True:
@@ -287,20 +313,31 @@ class Checkpoints:
             if step is None:
                 return None
             try:
-                self.read(step)
+                self._check_digest(step, self.read(step))
                 return step
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                self._quarantine(step, e, log)
+                self._quarantine(step, e)
 
-    def _quarantine(self, step: int, error: Exception, log=None) -> None:
+    def _digest_path(self, step: int) -> Path:
+        return self.directory / str(step) / DIGEST_NAME
+
+    def _check_digest(self, step: int, tree) -> None:
+        """Readable is not enough: bytes flipped inside an array read back as other numbers.
+        Compare with the digest written at save (checkpoints from before it had none)."""
+        path = self._digest_path(step)
+        if not path.exists():
+            return
+        if json.loads(path.read_text())["leaves"] != tree_digest(tree):
+            raise CheckpointDigestError(f"its arrays differ from the digest {path.name} written "
+                                        "when it was saved")
+
+    def _quarantine(self, step: int, error: Exception) -> None:
         bad = self.directory / str(step)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = self.directory.parent / f"{self.directory.name}-damaged-{step}-{stamp}"
         msg = (f"checkpoint {bad} is damaged ({type(error).__name__}: {str(error)[:160]}); "
                f"moved it to {aside} and falling back to the previous checkpoint")
-        warnings.warn(msg, stacklevel=3)
-        if log is not None:
-            log(msg)
+        warnings.warn(msg, stacklevel=3)  # once: the CLI prints it as one 'fastjax: warning:' line
         shutil.move(str(bad), str(aside))
         self._mgr.reload()
 
@@ -313,8 +350,10 @@ class Checkpoints:
         return self._mgr.restore(step, args=self._ocp.args.StandardRestore(abstract))
 
     def save(self, step: int, tree) -> None:
+        tree = jax.device_get(tree)
         self._mgr.save(step, args=self._ocp.args.StandardSave(tree), force=True)
         self._mgr.wait_until_finished()
+        atomic_write_text(self._digest_path(step), json.dumps({"leaves": tree_digest(tree)}) + "\n")
 
     def close(self) -> None:
         self._mgr.close()

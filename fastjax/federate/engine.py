@@ -9,6 +9,7 @@ checkpoint of round r ends with the same state as one that never stopped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -112,7 +113,9 @@ class TrainSpec:
     seed: int = 0
 
     def validate(self):
-        errs = []
+        errs = [f"train.{f.name}={getattr(self, f.name)} must be finite"
+                for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
         if self.rounds < 1:
             errs.append(f"train.rounds={self.rounds} must be >= 1")
         if self.local_steps is None and (self.local_epochs is None or self.local_epochs < 1):
@@ -385,7 +388,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         workdir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
         metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
-        step = ckpt.validate(log)
+        step = ckpt.validate()
         resumed_at = round_offset
         if step is not None and step > round_offset:
             if step > last_round:

@@ -193,7 +193,7 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     state = workdir / "active"
     state.mkdir(exist_ok=True)
     store = Checkpoints(workdir / "checkpoints")
-    done_through = store.validate(log) or 0
+    done_through = store.validate() or 0
     store.close()
 
     def restore(step: int, like):
