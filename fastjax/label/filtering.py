@@ -51,7 +51,7 @@ class WeakLabelPolicy:
     low_weight: float = 0.5
     verify_fraction: float = 0.0
     soft: bool = False
-    soft_temperature: float = 1.0
+    soft_temperature: float = 0.03  # as the config's default (see fastjax/config.py)
 
     def validate(self) -> "WeakLabelPolicy":
         errs = []
