@@ -127,6 +127,10 @@ def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
     ({"active__initial": 0.5, "active__query": 0.3}, "more than all of it"),
     ({"active__reset": "warm"}, "active.reset"),
     ({"active__query_model": "both"}, "active.query_model"),
+    ({"active__strategy": "logo", "active__logo_n_init": 0}, "n_init=0 must be an int >= 1"),
+    ({"active__strategy": "ll4al", "active__ll4al_subset": 0}, "subset_size=0 must be an int >= 1"),
+    ({"active__strategy": "kafal", "active__query_model": "local_only"}, "kafal chooses its own models"),
+    ({"active__strategy": "ll4al", "active__query_model": "local_only"}, "ll4al chooses its own models"),
 ])
 def test_bad_input_before_compute(tmp_path, over, msg):
     with pytest.raises(ValueError, match=msg):
@@ -155,6 +159,21 @@ def test_logo_lr_drop_matches_reference_rule():
     # LoGo (util/misc.py): lr x 0.1 once the 0-indexed round exceeds int(0.75 * 100) = 75.
     assert [spec.learning_rate(i) for i in (0, 75, 76, 99)] == [0.01, 0.01, pytest.approx(0.001),
                                                                pytest.approx(0.001)]
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"active__strategy": "gcnal", "active__gcnal_subset": 5}, r"queries 8 samples .* active\.gcnal_subset=5 unlabeled"),
+    ({"active__strategy": "logo", "active__initial": 0.01}, r"clients \[.*\] get no labeled samples .* LoGo"),
+    ({"active__strategy": "kafal", "active__initial": 0.01}, r"no labeled samples .* KAFAL"),
+    ({"active__strategy": "entropy", "active__query_model": "local_only", "active__initial": 0.01},
+     "no labeled samples .* LoGo's local-only models"),
+])
+def test_what_the_partition_decides_fails_before_training(tiny_folder, tmp_path, over, msg):
+    # 240 samples over 3 clients: 1% is 2 samples, so one client starts with none.
+    with pytest.raises(ValueError, match=msg):
+        fast_main.run(_cfg(tiny_folder, **over), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not list((tmp_path / "run" / "active").glob("al_*.npz"))
 
 
 # ------------------------------------------------------------------ the three that change training

@@ -57,10 +57,18 @@ NEEDS_HEAD = {"alfa_mix"}
 NEEDS_LABELED = {"alfa_mix", "gcnal", "logo", "kafal"}
 
 # Option-value checks that run before any compute (each strategy also runs its own).
+def _positive_ints(name: str, **values) -> None:
+    for key, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: {key}={v!r} must be an int >= 1")
+
+
 _OPTION_CHECKS: dict[str, Callable[..., None]] = {
     "entropy": _s._check_entropy,
     "alfa_mix": _s._check_alfa_mix,
     "gcnal": _gcnal._check_gcnal,
+    "logo": lambda **o: _positive_ints("logo", **o),  # n_init, max_iter
+    "ll4al": lambda **o: _positive_ints("ll4al", **o),  # subset_size
 }
 
 

@@ -92,6 +92,10 @@ def config_errors(config) -> list[str]:
         errs.append(f"active.reset={a.reset!r}; choose one of {RESETS}")
     if a.query_model not in QUERY_MODELS:
         errs.append(f"active.query_model={a.query_model!r}; choose one of {QUERY_MODELS}")
+    elif a.query_model == "local_only" and a.strategy in ("logo", "kafal", "ll4al"):
+        errs.append(f"active.query_model='local_only' is LoGo's ablation for the strategies that only "
+                    f"score; {a.strategy} chooses its own models (logo: active.logo_query_models; kafal: "
+                    "the clients' last local models; ll4al: the global loss module)")
     if a.rounds < 1:
         errs.append(f"active.rounds={a.rounds} must be >= 1 (AL rounds)")
     if not 0 < a.initial <= 1:

@@ -182,6 +182,7 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     sizes = [len(ix) for ix in part.train]
     n_total = len(train)
     initial = client_shares(int(a.initial * n_total), sizes)
+    check_plan(config, initial, sizes, n_total)
     querier = _Querier(config, model, inputs, part.train, c)
     objective = training_objective(config)
     # One compiled round for every AL round: clients padded to their final labeled size.
@@ -374,6 +375,40 @@ def _local_only(config, model, inputs, labeled, oracle, init_vars, spec, al_roun
                                        stop_accuracy=a.local_only_stop)
     log(f"local-only models: {epochs.min()}-{epochs.max()} epochs")
     return stacked
+
+
+def planned_budgets(config, initial, sizes, n_total: int) -> list[np.ndarray]:
+    """Each AL round's per-client query budgets (rounds 2..R), as the loop will draw them:
+    strategies return exactly b, so the pools shrink by the budgets."""
+    a, counts, out = config.active, np.asarray(initial, np.int64).copy(), []
+    for _ in range(2, a.rounds + 1):
+        b = client_shares(int(a.query * n_total), np.asarray(sizes) - counts)
+        out.append(b)
+        counts = counts + b
+    return out
+
+
+def check_plan(config, initial, sizes, n_total: int) -> None:
+    """What the partition decides and a strategy cannot live with, before any training:
+    a client with no initial labeled samples for LoGo's local-only model or KAFAL's class
+    counts; a GCNAL budget above the graph's unlabeled nodes (active.gcnal_subset)."""
+    from fastjax.active import OBJECTIVES
+
+    a = config.active
+    empty = np.flatnonzero(np.asarray(initial) == 0).tolist()
+    needs = ("LoGo's local-only models" if needs_local_only(config) else
+             "KAFAL's logit adjustment (labeled class counts)" if OBJECTIVES.get(a.strategy) == "kcfu"
+             else None)
+    if empty and needs:
+        raise ValueError(f"clients {empty} get no labeled samples in AL round 1 (active.initial="
+                         f"{a.initial} of {n_total} over {len(sizes)} clients), and {needs} need "
+                         "some; raise active.initial")
+    if a.strategy == "gcnal":
+        worst = max((int(b.max()) for b in planned_budgets(config, initial, sizes, n_total)), default=0)
+        if worst > a.gcnal_subset:
+            raise ValueError(f"gcnal: a client queries {worst} samples in one AL round, more than "
+                             f"active.gcnal_subset={a.gcnal_subset} unlabeled nodes of its graph; "
+                             f"raise active.gcnal_subset to at least {worst}")
 
 
 def needs_local_only(config) -> bool:
