@@ -215,6 +215,20 @@ def main(argv=None):
     size = dict(TINY if args.tiny else QUICK if args.quick else FULL)
     if args.al_rounds:
         size["al_rounds"] = tuple(int(x) for x in args.al_rounds.split(","))
+    from fastjax.active import STRATEGIES
+
+    unknown = [s for s in args.strategies if s not in STRATEGIES]
+    if unknown:
+        p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGIES)}")
+    from fastjax import config as config_lib
+
+    try:  # every run's config, before the first one starts
+        for s in args.strategies:
+            config_lib.validate(active_config(args, size, s))
+        if not args.no_fast:
+            config_lib.validate(fast_config(args, size))
+    except ValueError as e:
+        p.error(str(e))
     from benchmarks import common
 
     out = Path(args.out)

@@ -232,6 +232,34 @@ def test_kcfu_without_distillation_and_uniform_counts_is_plain_cross_entropy():
     assert not np.allclose(later["params"]["head"]["kernel"], kcfu["params"]["head"]["kernel"])
 
 
+def test_kcfu_trains_alike_under_every_execution_strategy():
+    """KCFU's objective (distilling, round 1) is written once for one client: vmap,
+    sequential, chunked, bucketed and sharded rounds give the same global model."""
+    import dataclasses as dc
+
+    from fastjax.active.kafal import kcfu_objective
+    from fastjax.federate import engine, models
+
+    clients, d, c = _linear_clients()
+    model = models.make_model("linear", c)
+    v = models.init_variables(model, (d,), 0)
+    rng = np.random.default_rng(2)
+    aux = {"u": rng.normal(size=(3, 10, d)).astype(np.float32), "nu": np.array([10, 4, 7], np.int32),
+           "counts": rng.integers(0, 6, size=(3, c)).astype(np.float32)}
+    with_pool = dc.replace(clients, aux=aux)
+    out = {}
+    for strategy in ("vmap", "sequential", "chunked", "bucketed", "sharded"):
+        spec = engine.TrainSpec(rounds=2, local_steps=3, batch_size=8, lr=0.1, momentum=0.9,
+                                weight_decay=1e-4, strategy=strategy, client_chunk=2)
+        fn = engine.make_round_fn(model, spec, lambda x: x, objective=kcfu_objective())
+        out[strategy] = fn(v, with_pool.x, jax.tree.map(np.asarray, with_pool.labels()),
+                           np.asarray(clients.n), np.array([3, 1, 2], np.int32), np.arange(3, dtype=np.int32),
+                           engine.round_hyper(spec, 1), engine.round_key(0, 2))[0]
+    for strategy, got in out.items():
+        jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6,
+                                                             err_msg=strategy), out["vmap"], got)
+
+
 def test_client_models_are_the_ones_the_round_averages():
     from fastjax.federate import aggregators, engine, models
 

@@ -90,3 +90,14 @@ def test_compare_fal_tiny(tiny_folder, tmp_path):
     assert "| kafal | 2 |" in md and "| fast | 1 |" in md
     for png in ("fig2.png", "accuracy_vs_mib.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_fal_refuses_bad_input_before_the_first_run(tmp_path, capsys):
+    from benchmarks import compare_fal
+
+    for argv, word in ((["--strategies", "random,badgee"], "unknown ['badgee']"),
+                       (["--preset", "nope"], "active preset 'nope' is not known")):
+        with pytest.raises(SystemExit) as e:
+            compare_fal.main(["--tiny", "--out", str(tmp_path / "cmp"), *argv])
+        assert e.value.code == 2 and word in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()  # nothing ran
