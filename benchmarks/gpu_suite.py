@@ -340,6 +340,7 @@ def report(work: Path, out: Path):
     common.write_json(out / "suite.json", {"goals": goal_rows, "sections": sections})
     (out / "suite.md").write_text(markdown(sections, goal_rows))
     print((out / "suite.md").read_text())
+    return sum(1 for sec in sections.values() for r in sec.get("rows", []) if "error" not in r)
 
 
 def main(argv=None):
@@ -356,7 +357,9 @@ def main(argv=None):
     rep.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.cmd == "report":
-        report(Path(args.work), Path(args.out))
+        if not report(Path(args.work), Path(args.out)):
+            sys.exit(f"gpu_suite: nothing was measured (every section failed or none ran); see the "
+                     f"[suite] lines above (is {sys.executable} the Python with jax?)")
         return
     size = SIZES["dry" if args.dry_run else "gpu"]
     work = Path(args.work)

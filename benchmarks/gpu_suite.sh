@@ -36,7 +36,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
+# The project's virtual environment when there is one (the README's setup), else python3
+# (the accelerator's image); PYTHON overrides both.
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=${PYTHON:-python3}; fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastjax-suite.XXXXXX")
 mkdir -p "$OUT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -58,5 +60,7 @@ for s in ${SECTIONS//,/ }; do
     ${DATA_ROOT:+--data-root "$DATA_ROOT"} || echo "[suite] $s: exit status $?" >&2
 done
 "$PY" benchmarks/gpu_suite.py report --work "$WORK" --out "$OUT"
+status=$?
 echo "[suite] done in $(( $(date +%s) - START ))s; results in $OUT/suite.json and $OUT/suite.md" >&2
 rm -rf "$WORK"
+exit $status
