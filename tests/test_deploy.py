@@ -91,6 +91,26 @@ def test_sites_reproduce_the_simulation(reference, tmp_path):
     assert s["payload_bytes"]["train"]["up"] >= 2 * K * (1280 * 10 + 10) * 4
 
 
+def test_sites_reproduce_cnn4_with_fednova(reference, tmp_path):
+    """Images travel as pixels (per-channel standardisation from the sites' sums), CNN-4's
+    BatchNorm statistics are averaged, FedNova's normalised steps are the simulation's."""
+    cfg0, _, _ = reference
+    cfg = _tiny(cfg0.encoder.cache_dir, model__name="cnn4", train__aggregator="fednova",
+                train__local_epochs=1, train__rounds=2, train__lr=0.01)
+    fast_main.run(cfg, tmp_path / "main", progress=False)
+    server.run_server(cfg, tmp_path / "server", server.LocalTransport(_nodes(tmp_path)), log=lambda m: None)
+    like = models.init_variables(models.make_model("cnn4", 10), (28, 28, 1), 0)
+    got, ref = [checkpoints.Checkpoints(tmp_path / d / "checkpoints") for d in ("server", "main")]
+    try:
+        assert got.latest() == ref.latest() == 2
+        a, b = got.restore(2, like), ref.restore(2, like)
+    finally:
+        got.close()
+        ref.close()
+    assert "batch_stats" in a
+    _close(a, b)
+
+
 def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
     cfg, _, ref_vars = reference
     transport = server.LocalTransport(_nodes(tmp_path))

@@ -254,10 +254,17 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
             "weak_acc_after": float(result.weak_acc_after[pos])}
 
 
-def _enable_compile_cache(directory: Path):
-    """Flower starts a fresh process per message: keep compiled updates on disk."""
+def _enable_compile_cache(config, node: NodeConfig):
+    """Flower starts a fresh process per message: keep compiled programs on disk, even
+    the quick ones (the config's compilation_cache_dir, else the site's own directory;
+    FASTJAX_COMPILATION_CACHE=off or compilation_cache_dir="off" turn it off)."""
     import jax
 
+    from fastjax import compile_cache
+
+    directory = compile_cache.resolve(config.compilation_cache_dir or str(node.site_dir / "jax_cache"))
+    if directory is None:
+        return
     directory.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -280,7 +287,6 @@ def train(config, node: NodeConfig, msg: dict) -> dict:
     if str(d["signature"]) != msg["signature"]:
         raise ValueError(f"site {node.partition_id}: {path} belongs to another run "
                          f"({d['signature']} != {msg['signature']}); restart the run")
-    _enable_compile_cache(node.site_dir / "jax_cache")
     spec = config_lib.train_spec(config)
     model = models.make_model(config.model.name, int(msg["num_classes"]), config.model.conv_impl)
     if config.model.name == "linear":
@@ -308,6 +314,7 @@ def handle(phase: str, msg: dict, node: NodeConfig) -> dict:
     if phase not in HANDLERS:
         raise ValueError(f"unknown phase {phase!r}; allowed: {sorted(HANDLERS)}")
     config = pl.config_from_json(msg["config"])
+    _enable_compile_cache(config, node)  # every phase: the encoder, kNN and local update compiles
     if phase == "preliminary":
         return HANDLERS[phase](config, node)
     return HANDLERS[phase](config, node, msg)

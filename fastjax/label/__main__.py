@@ -40,6 +40,9 @@ def export(config, workdir: Path, progress: bool) -> dict:
                          "--config.labeling.oracle=annotations")
     config_lib.validate(config)
     config_lib.check_files(config)
+    from fastjax import compile_cache
+
+    compile_cache.enable(config.compilation_cache_dir)  # as the main job: its compiles are shared
     workdir.mkdir(parents=True, exist_ok=True)
     with checkpoints.RunDir.open(workdir, config):
         return fast.run(config, workdir, progress=progress, export_query=True)
