@@ -42,7 +42,6 @@ def _extendable(config, workdir: Path):
 def run(config, workdir, *, progress: bool = True) -> dict:
     """Validate, lock and check the work directory, then run the chosen method."""
     from fastjax.federate import checkpoints
-    from fastjax.methods.common import log
 
     config_lib.validate(config)
     config_lib.check_files(config)

@@ -23,6 +23,27 @@ def write_image_folder(root, n_train=240, n_test=80, classes=4, size=16, seed=0)
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """Many tests compile the same programs (a CNN-4 round, the pool scoring) in new
+    closures; XLA's persistent cache, in this session's own temporary directory, turns
+    the repeats into disk hits. Compile counts of the in-memory jit caches are unchanged.
+    FASTJAX_TEST_COMPILATION_CACHE=off runs without it."""
+    import os
+
+    if os.environ.get("FASTJAX_TEST_COMPILATION_CACHE", "").lower() == "off":
+        yield
+        return
+    import jax
+
+    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("tinyfolder"))
