@@ -154,16 +154,32 @@ def test_budget_of_pool_matches_the_simulation(reference, tmp_path):
     _close(_final(tmp_path / "server", cfg_p)[0], _final(tmp_path / "main", cfg_p)[0])
 
 
-def test_what_the_deployment_does_not_carry_is_refused(reference, tmp_path):
+@pytest.mark.parametrize("policy", [
+    {"labeling__filter": "drop", "labeling__filter_threshold": 0.7, "labeling__verify_fraction": 0.5},
+    {"labeling__filter": "weight", "labeling__filter_threshold": 0.8, "labeling__filter_weight": 0.25,
+     "labeling__soft_labels": True},
+])
+def test_the_weak_label_policy_travels_to_the_sites(reference, tmp_path, policy):
+    """Dropped, down-weighted, verified and soft-labeled weak labels: the sites train on
+    what the one-process job trains on."""
     cfg, _, _ = reference
-    for over, word in (({"labeling__filter": "drop"}, "labeling.filter='drop'"),
-                       ({"labeling__verify_fraction": 0.5}, "labeling.verify_fraction=0.5"),
-                       ({"labeling__soft_labels": True}, "labeling.soft_labels=True"),
-                       ({"method": "active"}, "method='active'")):
-        bad = _tiny(cfg.encoder.cache_dir, **over)
-        with pytest.raises(ValueError, match=re.escape(word)):
-            server.run_server(bad, tmp_path / "s", server.LocalTransport([]))
-        assert not (tmp_path / "s").exists()  # refused before anything is written
+    cfg_p = _tiny(cfg.encoder.cache_dir, **policy)
+    ref = fast_main.run(cfg_p, tmp_path / "main", progress=False)
+    s = server.run_server(cfg_p, tmp_path / "server", server.LocalTransport(_nodes(tmp_path)),
+                          log=lambda m: None)
+    assert s["annotations"] == ref["annotations"]
+    assert sum(v["train_n"] for v in s["sites"].values()) == ref["train_samples"]
+    if policy["labeling__filter"] == "drop":
+        assert ref["train_samples"] < 300  # something was dropped
+    _close(_final(tmp_path / "server", cfg_p)[0], _final(tmp_path / "main", cfg_p)[0])
+
+
+def test_the_iterative_method_is_refused(reference, tmp_path):
+    cfg, _, _ = reference
+    bad = _tiny(cfg.encoder.cache_dir, method="active")
+    with pytest.raises(ValueError, match=re.escape("method='active'")):
+        server.run_server(bad, tmp_path / "s", server.LocalTransport([]))
+    assert not (tmp_path / "s").exists()  # refused before anything is written
 
 
 def test_aggregate_mode_leaves_a_dropped_site_out(reference, tmp_path):

@@ -189,6 +189,7 @@ class _ByRow:
 def _label(site: Site, z: np.ndarray, config, msg: dict, oracle):
     """label_clients on this site alone: its pool, budget b_k from the server, and its
     own seed or the pooled seeds (placed in client order, as the one-process job has them)."""
+    from fastjax import config as config_lib
     from fastjax.label import label_clients
     from fastjax.partition import ClientPool
 
@@ -209,7 +210,7 @@ def _label(site: Site, z: np.ndarray, config, msg: dict, oracle):
         pools, emb, oracle, len(site.class_names), budget=budget, k=lab.k, measure=lab.measure,
         score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
         strategy=lab.strategy, labeled_source=lab.labeled_source, merge=lab.merge,
-        tie_break=lab.tie_break, seed=config.seed)
+        tie_break=lab.tie_break, seed=config.seed, policy=config_lib.weak_label_policy(config))
     return result, pos
 
 
@@ -239,6 +240,12 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
     # In the site's own sample order, as the one-process job lays out each client's data.
     order = np.argsort(result.train_idx[pos], kind="stable")
     rows, y = result.train_idx[pos][order], result.train_y[pos][order]
+    # The weak-label policy's per-sample loss weights and soft targets, when it makes them.
+    extra = {}
+    if result.train_w and result.train_w[pos] is not None:
+        extra["w"] = np.asarray(result.train_w[pos], np.float32)[order]
+    if result.train_soft and result.train_soft[pos] is not None:
+        extra["soft"] = np.asarray(result.train_soft[pos], np.float32)[order]
     if config.model.name == "linear":
         x = ((z[rows] - msg["mean"]) / msg["std"]).astype(np.float32)
     else:
@@ -246,7 +253,7 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
     node.site_dir.mkdir(parents=True, exist_ok=True)
     tmp = node.site_dir / (TRAIN_SET + ".tmp.npz")
     np.savez(tmp, x=x, y=y.astype(np.int32), signature=msg["signature"],
-             mean=np.asarray(msg["mean"], np.float32), std=np.asarray(msg["std"], np.float32))
+             mean=np.asarray(msg["mean"], np.float32), std=np.asarray(msg["std"], np.float32), **extra)
     os.replace(tmp, node.site_dir / TRAIN_SET)
     return {"status": "ready", "client": site.client, "annotations": int(result.annotations),
             "train_n": int(len(y)), "human_labels": int(result.is_human[pos].sum()),
@@ -296,6 +303,10 @@ def train(config, node: NodeConfig, msg: dict) -> dict:
         preprocess = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std  # noqa: E731
     x, y = d["x"], d["y"]
     n = len(y)
+    if "soft" in d.files:  # soft targets replace the hard labels as the training targets
+        y = d["soft"]
+    if "w" in d.files:  # per-sample loss weights (labeling.filter="weight")
+        y = {"y": y, "w": d["w"]}
     steps = int(local.steps_per_client([n], spec.batch_size, spec.local_epochs, spec.local_steps)[0])
     update = jax.jit(local.make_local_update(model, engine.local_spec(spec), preprocess))
     key = engine.client_key(engine.round_key(spec.seed, int(msg["round"])), node.partition_id)
