@@ -374,9 +374,7 @@ def render(table: str, spec: dict, recs: list[dict], header: list[str]) -> str:
         lines += ["", "FAST at the paper's scale, computed (100 CNN-4 rounds x 10 clients up + "
                   "down, 500 shared 768-d seeds with int64 labels): "
                   + ", ".join(f"{c} {paper_scale_mib(c):.2f} MiB" for c in cols)
-                  + ". SVHN's paper figure, 6969.79 MB for Random / LoGo, is a CNN-4 for 28x28x3 "
-                  "inputs and 9 classes (PathMNIST's shape): 800 x 10 x 2 x 456,772 bytes; SVHN's "
-                  "own CNN-4 gives 7090.94 MB."]
+                  + " (the notes above say what SVHN's baseline figure is)."]
     elif table.startswith("fig"):
         lines += ["| row | " + " | ".join(f"{c} final | {c} best" for c in cols) + " |",
                   "|" + "---|" * (1 + 2 * len(cols))]
