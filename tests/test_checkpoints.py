@@ -224,3 +224,19 @@ def test_sections_the_method_does_not_read_are_not_compared(tmp_path):
     c3 = _config(method="active", active__strategy="badge")
     with pytest.raises(checkpoints.RunMismatchError, match="active.strategy"):
         checkpoints.RunDir.open(tmp_path, c3, ignore=config_lib.unread_sections(c3))
+
+
+def test_a_key_added_since_the_run_started_is_no_difference_at_its_default(tmp_path):
+    """A work directory from before a config key existed resumes while the key keeps its
+    default (the behaviour from before); set to anything else, it is a difference."""
+    with checkpoints.RunDir.open(tmp_path, _config()):
+        pass
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["labeling"]["soft_temperature"]  # as if written before the key was added
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with checkpoints.RunDir.open(tmp_path, _config()):
+        pass
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(checkpoints.RunMismatchError, match=r"labeling\.soft_temperature: '<absent>' -> 0\.5"):
+        checkpoints.RunDir.open(tmp_path, _config(labeling__soft_temperature=0.5))

@@ -89,16 +89,28 @@ def config_dict(config) -> dict:
     return json.loads(json.dumps(config, default=str))
 
 
+def _defaults() -> dict:
+    from fastjax.config import base_config
+
+    return config_dict(base_config())
+
+
 def config_differences(old: dict, new: dict, extendable: dict[str, int] | None = None,
-                       non_result: Iterable[str] = NON_RESULT_KEYS) -> list[str]:
+                       non_result: Iterable[str] = NON_RESULT_KEYS,
+                       defaults: dict | None = None) -> list[str]:
     """Human-readable differences in result-relevant keys between two configs.
 
     extendable: key -> the least value it may take (e.g. {"train.rounds": rounds already
     run}): such a key may change as long as it stays at or above that value.
     non_result: keys, or prefixes ending in "." (a whole section), that cannot change
     this run's results.
+    defaults: the config's defaults (nested); a key the stored config lacks (it was added
+    to fastjax after that run started) is no difference while it keeps its default, the
+    value that reproduces the behaviour from before the key existed.
     """
     a, b = _flatten(old), _flatten(new)
+    d = _flatten(defaults) if defaults else {}
+    a.update({k: v for k, v in b.items() if k not in a and k in d and v == d[k]})
     prefixes = tuple(k for k in non_result if k.endswith("."))
     skip = set(non_result)
     extendable = extendable or {}
@@ -219,7 +231,8 @@ class RunDir:
             extendable = {}
             if not _flatten(new).get("train.lr_drop_at"):
                 extendable["train.rounds"] = MetricsLog(self.path / "metrics.jsonl").last_round()
-        diffs = config_differences(old, new, extendable, NON_RESULT_KEYS | set(ignore))
+        diffs = config_differences(old, new, extendable, NON_RESULT_KEYS | set(ignore),
+                                   defaults=_defaults())
         drop_at = _flatten(new).get("train.lr_drop_at")
         if drop_at and "train.rounds" not in extendable:
             diffs = [d + (f" (not extendable: train.lr_drop_at={drop_at} ties the lr schedule to it)"
