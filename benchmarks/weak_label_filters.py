@@ -8,9 +8,10 @@ shared seed, 20% budget): FAST as is; drop weak labels whose kNN vote share is b
 0.8; down-weight them to 0.25; spend half of each client's budget verifying the least
 confident weak labels; both halves of that and the drop; soft labels. One soft-label
 pair runs on FAST-official's kNN-vote score (its vote fractions are the soft targets),
-with its own baseline; three more soft-label rows use the paper's prototype score at
-softmax temperatures 1, 0.1, 0.03 and 0.01; the last row trains on each client's own seed. Writes filters.json and filters.md under --out, with the
-oracle annotations each variant cost and how precise its training labels were.
+with its own baseline; four more soft-label rows use the paper's prototype score at
+softmax temperatures 1, 0.1, 0.03 and 0.01; the last row trains on each client's own
+seed. Writes filters.json and filters.md under --out, with the oracle annotations each
+variant cost and how precise its training labels were.
 """
 
 from __future__ import annotations
