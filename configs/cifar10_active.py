@@ -6,10 +6,9 @@ selector, 5% initial + 5% per AL round, R = 4 AL rounds x 100 FL rounds by defau
         --config.active.strategy=badge
     python -m fastjax.main --config configs/cifar10_active.py:logo   # a named protocol preset
 
-Presets (fastjax/active/presets.py, sources in its docstring): paper_table1 (default),
-logo, fast_official, paper_fig2. R = 8: --config.active.rounds=8. Strategies:
-random, entropy, coreset, badge, alfa_mix, gcnal, and the three that change training:
-logo, kafal, ll4al (fastjax.active.STRATEGIES; their options: active.logo_*, kafal_*, ll4al_*).
+Presets (paper_table1 by default): fastjax/active/presets.py, with their sources.
+Strategies and their options: fastjax.active.STRATEGIES, the active.* keys of
+fastjax/config.py. R = 8: --config.active.rounds=8.
 """
 
 from fastjax.active.presets import apply_preset
