@@ -186,10 +186,17 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     querier = _Querier(config, model, inputs, part.train, c)
     objective = training_objective(config)
     # One compiled round for every AL round: clients padded to their final labeled size.
-    capacity = int(max(np.minimum(sizes, initial + client_shares(int(a.query * n_total), sizes).max()
-                                  * (a.rounds - 1))))
+    capacity = int(max(initial + sum(planned_budgets(config, initial, sizes, n_total), np.zeros_like(initial))))
     client_arrays = _ClientArrays(config, inputs, part.train, c, capacity, max(sizes), oracle)
     round_fn = engine.make_round_fn(model, spec, inputs.preprocess, objective=objective)
+    client_models = (engine.make_client_models_fn(model, spec, inputs.preprocess, objective)
+                     if a.strategy in NEEDS_CLIENT_MODELS else None)
+    local_only = None
+    if needs_local_only(config):
+        from fastjax.active.local_only import make_local_only_trainer
+
+        local_only = make_local_only_trainer(model, inputs.preprocess, batch_size=spec.batch_size,
+                                             momentum=spec.momentum, weight_decay=spec.weight_decay)
     evaluate = engine.make_eval_fn(model, inputs.preprocess)
     state = workdir / "active"
     state.mkdir(exist_ok=True)
@@ -231,13 +238,17 @@ def run(config, workdir, *, progress: bool = True) -> dict:
                 pools = [len(ix) - len(lab) for ix, lab in zip(part.train, labeled)]
                 budgets = client_shares(int(a.query * n_total), pools)
                 local_vars = None
-                if needs_local_only(config):  # LoGo's raw_ckpt: the run's first random model
-                    local_vars = _local_only(config, model, inputs, labeled, oracle, init(1), spec, al)
-                elif a.strategy in NEEDS_CLIENT_MODELS:  # KAFAL: each client's last local model
+                if local_only is not None:  # LoGo's raw_ckpt: the run's first random model
+                    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + al)
+                    local_vars, epochs = local_only(init(1), client_arrays.plain(labeled), lr=spec.lr, key=key,
+                                                    max_epochs=a.local_only_epochs,
+                                                    stop_accuracy=a.local_only_stop)
+                    log(f"local-only models: {epochs.min()}-{epochs.max()} epochs")
+                elif client_models is not None:  # KAFAL: each client's last local model
                     if before_last is None:
                         before_last = (restore(offset - 1, init(al - 1)) if T > 1
                                        else start_of(al - 1, None))
-                    local_vars = engine.make_client_models_fn(model, spec, inputs.preprocess, objective)(
+                    local_vars = client_models(
                         before_last, *client_arrays.device(labeled), np.arange(len(labeled), dtype=np.int32),
                         engine.round_hyper(spec, T - 1), engine.round_key(spec.seed, offset))
                 labeled = querier.query(al, variables, labeled, budgets, oracle.query, local_vars)
@@ -317,13 +328,18 @@ class _ClientArrays:
         self.capacity, self.pool_capacity, self.oracle = capacity, pool_capacity, oracle
         self.with_pool = OBJECTIVES.get(config.active.strategy) == "kcfu"
 
-    def __call__(self, labeled):
+    def plain(self, labeled):
+        """The clients' labeled samples and labels, padded to the capacity (no KCFU pool)."""
         from fastjax.federate import engine
 
-        ys = [self.oracle.query(ix) for ix in labeled]
-        clients = engine.stack_clients([self.inputs.train_x[ix] for ix in labeled], ys, self.capacity)
+        return engine.stack_clients([self.inputs.train_x[ix] for ix in labeled],
+                                    [self.oracle.query(ix) for ix in labeled], self.capacity)
+
+    def __call__(self, labeled):
+        clients = self.plain(labeled)
         if not self.with_pool:
             return clients
+        ys = [np.asarray(y[:n]) for y, n in zip(clients.y, clients.n)]
         pools = [np.setdiff1d(ix, lab) for ix, lab in zip(self.part_train, labeled)]
         x = self.inputs.train_x
         u = np.zeros((len(pools), self.pool_capacity) + x.shape[1:], x.dtype)
@@ -358,23 +374,6 @@ def check_features(model, variables, inputs) -> None:
     except TypeError as e:
         raise ValueError(f"model {type(model).__name__} does not expose penultimate features "
                          f"(outputs='features'), which the query strategies need ({e})") from None
-
-
-def _local_only(config, model, inputs, labeled, oracle, init_vars, spec, al_round: int):
-    """Each client's local-only model on its labeled set (the `local_only` query model)."""
-    from fastjax.active.local_only import train_local_only
-    from fastjax.federate import engine
-
-    clients = engine.stack_clients([inputs.train_x[ix] for ix in labeled],
-                                   [oracle.query(ix) for ix in labeled])
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + al_round)
-    a = config.active
-    stacked, epochs = train_local_only(model, init_vars, clients, batch_size=spec.batch_size, lr=spec.lr,
-                                       momentum=spec.momentum, weight_decay=spec.weight_decay,
-                                       preprocess=inputs.preprocess, key=key, max_epochs=a.local_only_epochs,
-                                       stop_accuracy=a.local_only_stop)
-    log(f"local-only models: {epochs.min()}-{epochs.max()} epochs")
-    return stacked
 
 
 def planned_budgets(config, initial, sizes, n_total: int) -> list[np.ndarray]:
