@@ -300,7 +300,5 @@ def check_files(config) -> None:
         return
     from fastjax import encode
 
-    check = getattr(encode, "check_weights", None)
-    if check is not None:
-        e = config.encoder
-        check(e.name, checkpoint=e.checkpoint or None, variant=e.variant or None)
+    e = config.encoder
+    encode.check_weights(e.name, checkpoint=e.checkpoint or None, variant=e.variant or None)

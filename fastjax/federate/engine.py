@@ -340,8 +340,8 @@ class FitResult:
 def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.ndarray,
         spec: TrainSpec, preprocess: Callable, *, workdir: str | os.PathLike | None = None,
         client_test: Sequence[np.ndarray] | None = None, extra_comm_bytes: int = 0,
-        round_offset: int = 0, comm_offset_mib: float = 0.0, row_extra: dict | None = None,
-        round_fn: Callable | None = None, evaluate: Callable | None = None, objective: Callable | None = None,
+        round_offset: int = 0, row_extra: dict | None = None,
+        round_fn: Callable | None = None, evaluate: Callable | None = None,
         keep_before_last: bool = False, progress: bool = True, mesh=None,
         log: Callable[[str], None] = print) -> FitResult:
     """Train `model` federatedly from `variables`; resumes from `workdir` checkpoints.
@@ -355,11 +355,10 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     iterative active-learning loop): rounds are numbered round_offset + 1 ...
     round_offset + spec.rounds (their PRNG keys and client selection follow that global
     number; the learning-rate schedule follows the local one), only checkpoints after
-    round_offset are resumed from, communication continues from comm_offset_mib, and
-    row_extra is added to every metrics row. Passing the `round_fn` (make_round_fn) and
+    round_offset are resumed from, communication continues from the metrics row of
+    round_offset, and row_extra is added to every metrics row. Passing the `round_fn` (make_round_fn) and
     `evaluate` (make_eval_fn) of an earlier segment reuses their compiled code.
-    objective: a local objective (see `local.make_local_update`) for the round function
-    built here. keep_before_last: also checkpoint the global model before the last round
+    keep_before_last: also checkpoint the global model before the last round
     and return it (`FitResult.before_last`), from which that round's client models can be
     recomputed (`make_client_models_fn`).
     """
@@ -375,7 +374,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     x_dev = jnp.asarray(clients.x)
     y_dev = jax.tree.map(jnp.asarray, clients.labels())
     n_all = clients.n
-    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh, objective)
+    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh)
     evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
     first, last_round = round_offset + 1, round_offset + spec.rounds
@@ -383,12 +382,15 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     workdir = Path(workdir) if workdir is not None else None
     history: list[dict] = []
     start_round = first
+    comm_before = 0.0  # MiB communicated by the segments before this one
     ckpt = metrics = None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
         metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
-        step = ckpt.validate()
+        # Read back (and checked) only when it would be resumed: a later segment of the
+        # active loop finds its predecessor's checkpoint, which it does not restore.
+        step = ckpt.validate() if (ckpt.latest() or 0) > round_offset else None
         resumed_at = round_offset
         if step is not None and step > round_offset:
             if step > last_round:
@@ -400,8 +402,10 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         # Rows after the state being resumed are redone: drop them (and a torn last line).
         rows = metrics.truncate(resumed_at)
         history = [r for r in rows if r["round"] > round_offset]
+        prior = [r for r in rows if r["round"] <= round_offset]
+        comm_before = prior[-1]["comm_mib"] if prior else 0.0
         start_round = resumed_at + 1
-    comm = history[-1]["comm_mib"] if history else comm_offset_mib + extra_comm_bytes / MIB
+    comm = history[-1]["comm_mib"] if history else comm_before + extra_comm_bytes / MIB
     before_last = None
     t_train = time.perf_counter()
     bar = _progress(range(start_round, last_round + 1), progress, spec.rounds, start_round - first)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fastjax.federate.conv import CONV_IMPLS, conv2d, conv3x3_winograd  # noqa: F401 (re-exported)
+from fastjax.federate.conv import CONV_IMPLS, conv2d
 
 # torch.nn.Conv2d / Linear default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _torch_uniform = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

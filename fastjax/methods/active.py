@@ -34,7 +34,7 @@ import numpy as np
 
 from fastjax import config as config_lib
 from fastjax.active import presets
-from fastjax.federate.checkpoints import Checkpoints, MetricsLog, atomic_write_text
+from fastjax.federate.checkpoints import Checkpoints, atomic_write_text
 from fastjax.methods import common
 from fastjax.methods.common import log
 
@@ -201,7 +201,7 @@ def run(config, workdir, *, progress: bool = True) -> dict:
     state = workdir / "active"
     state.mkdir(exist_ok=True)
     store = Checkpoints(workdir / "checkpoints")
-    done_through = store.validate() or 0
+    done_through = store.latest() or 0  # main.run has validated it (damaged ones set aside)
     store.close()
 
     def restore(step: int, like):
@@ -212,7 +212,6 @@ def run(config, workdir, *, progress: bool = True) -> dict:
             return store.restore(step, like)
         finally:
             store.close()
-    metrics = MetricsLog(workdir / "metrics.jsonl")
 
     def start_of(al: int, variables):
         """The model AL round `al` trains from (its FL round 0)."""
@@ -262,12 +261,10 @@ def run(config, workdir, *, progress: bool = True) -> dict:
             continue
         # (When resuming mid AL round, fit restores its own checkpoint over this start.)
         start = init(al) if (variables is None and done_through > offset) else start_of(al, variables)
-        prior = [r for r in metrics.read() if r["round"] <= offset]
         log(f"AL round {al}/{a.rounds}: {n_labeled} labeled ({n_labeled / n_total:.1%}), "
             f"{oracle.annotations} annotations; training FL rounds {offset + 1}-{offset + T}")
         fit = engine.fit(model, start, clients, inputs.test_x, test.labels, spec, inputs.preprocess,
                          workdir=workdir, client_test=part.test, round_offset=offset,
-                         comm_offset_mib=prior[-1]["comm_mib"] if prior else 0.0,
                          row_extra={"al_round": al, "annotations": oracle.annotations, "labeled": n_labeled},
                          round_fn=round_fn, evaluate=evaluate, keep_before_last=a.strategy in NEEDS_CLIENT_MODELS,
                          progress=progress, log=log)
