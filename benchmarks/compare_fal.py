@@ -29,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT_STRATEGIES = ("random", "entropy", "coreset", "badge", "alfa_mix", "gcnal", "logo", "kafal", "ll4al")
+from fastjax.active import STRATEGIES  # noqa: E402  (after the path line above)
+
+DEFAULT_STRATEGIES = tuple(STRATEGIES)  # all nine baselines
 FULL = {"train_limit": 0, "test_limit": 0, "clients": 10, "fl_rounds": 100, "local_epochs": 5,
         "batch_size": 64, "al_rounds": (4, 8), "image_size": 224}
 QUICK = {"train_limit": 4000, "test_limit": 1000, "clients": 5, "fl_rounds": 8, "local_epochs": 1,
@@ -119,7 +121,9 @@ def run_all(args, size, log=print) -> dict:
 
 
 def _metrics(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from fastjax.federate.checkpoints import MetricsLog
+
+    return MetricsLog(workdir / "metrics.jsonl").read()
 
 
 def table_rows(results: dict, al_rounds) -> list[dict]:
@@ -162,7 +166,7 @@ def markdown(rows: list[dict], paper: dict, header: str) -> str:
                      f"{r['annotations']} | {r['fl_rounds']} |")
     lines += ["", "FAST's query s is its encoding plus both labeling passes; a baseline's is the sum of "
               "its AL rounds' queries (local-only training for LoGo, the clients' last local models "
-              "for KAFAL). Paper MB are MiB (TABLES.md)."]
+              "for KAFAL). Paper MB are MiB (benchmarks/paper_tables.json)."]
     return "\n".join(lines) + "\n"
 
 
@@ -215,8 +219,6 @@ def main(argv=None):
     size = dict(TINY if args.tiny else QUICK if args.quick else FULL)
     if args.al_rounds:
         size["al_rounds"] = tuple(int(x) for x in args.al_rounds.split(","))
-    from fastjax.active import STRATEGIES
-
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGIES)}")

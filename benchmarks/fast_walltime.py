@@ -58,8 +58,9 @@ def write_synthetic_cifar10(root: Path, n_train: int = 50000, n_test: int = 1000
 
 def round_seconds(workdir: Path) -> list[float]:
     """Per-round wall seconds from metrics.jsonl (round 1 includes the compiles)."""
-    path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip()]
+    from fastjax.federate.checkpoints import MetricsLog
+
+    return [r["seconds"] for r in MetricsLog(Path(workdir) / "metrics.jsonl").read()]
 
 
 def main(argv=None):

@@ -296,8 +296,9 @@ def run_cell(cell: Cell, args, scale: dict, out: Path, memo: dict | None = None)
     except (ValueError, FloatingPointError) as e:  # one bad cell must not end a long run
         print(f"[reproduce] {cell.table} | {cell.row} | {cell.column} FAILED: {e}", flush=True)
         return {**rec, "status": f"failed: {str(e).splitlines()[0]}"}
-    hist = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
+    from fastjax.federate.checkpoints import MetricsLog
+
+    hist = MetricsLog(workdir / "metrics.jsonl").read()
     done = {**rec, "status": "ran", "final_accuracy": s["final_accuracy"],
             "best_accuracy": s["best_accuracy"], "annotations": s["annotations"],
             "weak_label_accuracy": s.get("weak_label_accuracy"),

@@ -32,8 +32,8 @@ VARIANTS = {  # name -> labeling overrides
     "verify 50% + drop share<0.8": {"verify_fraction": 0.5, "filter": "drop", "filter_threshold": 0.8},
     "FAST (kNN-vote score)": dict(VOTES),
     "soft labels (kNN-vote score)": {**VOTES, "soft_labels": True},
-    # The paper's own score: softmax of mean cosine similarities, which differ by ~0.1
-    # between classes, so T = 1 gives near-uniform targets; smaller T sharpens them.
+    # The paper's own score: softmax of mean cosine similarities, which differ by a few
+    # hundredths between classes, so T = 1 gives near-uniform targets; smaller T sharpens them.
     "soft labels (prototype, T=1)": {"soft_labels": True, "soft_temperature": 1.0},
     "soft labels (prototype, T=0.1)": {"soft_labels": True, "soft_temperature": 0.1},
     "soft labels (prototype, T=0.03)": {"soft_labels": True, "soft_temperature": 0.03},
