@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 from fastjax import config as config_lib
-from fastjax.active import presets
+from fastjax.active import (NEEDS_CLIENT_MODELS, NEEDS_FEATURES, NEEDS_LOCAL_ONLY, NEEDS_LOSS_MODULE,
+                            OBJECTIVES, STRATEGIES, PoolView, presets)
 from fastjax.federate.checkpoints import Checkpoints, atomic_write_text
 from fastjax.methods import common
 from fastjax.methods.common import log
@@ -84,7 +85,6 @@ class _Querier:
     models), KAFAL (the clients' last local models) and LL4AL (the loss module) read."""
 
     def __init__(self, config, model, inputs, part_train, num_classes):
-        from fastjax.active import STRATEGIES
         from fastjax.federate import engine
 
         self.config, self.model, self.inputs = config, model, inputs
@@ -94,7 +94,7 @@ class _Querier:
         self.options = presets.strategy_options(config)
         self.features = engine.make_features_fn(model, inputs.preprocess)
         self.pred_loss = None
-        if self.name == "ll4al":
+        if self.name in NEEDS_LOSS_MODULE:
             from fastjax.active.ll4al import make_predicted_loss_fn
 
             self.pred_loss = make_predicted_loss_fn(model, inputs.preprocess)
@@ -106,7 +106,6 @@ class _Querier:
         local_vars: stacked per-client variables (leading client axis): the local-only
         models (LoGo, or every strategy with active.query_model=local_only) or the
         clients' models after their last local update (KAFAL)."""
-        from fastjax.active import NEEDS_CLIENT_MODELS, NEEDS_LOCAL_ONLY, PoolView
         from fastjax.federate.models import head_params
 
         a = self.config.active
@@ -122,7 +121,9 @@ class _Querier:
             g = own if (a.query_model == "local_only" and self.name not in NEEDS_LOCAL_ONLY
                         and self.name not in NEEDS_CLIENT_MODELS) else variables
             logits, probs, feats = self.features(g, x_pool, bs)
-            lab_feats = self.features(g, x_lab, bs)[2]
+            # The labeled set's features only for the strategies that read features.
+            lab_feats = self.features(g, x_lab, bs)[2] if self.name in NEEDS_FEATURES else None
+            feats = feats if self.name in NEEDS_FEATURES else None
             w, bias = head_params(g)
             labels = oracle_labels(lab)
             extra = {}
@@ -135,7 +136,8 @@ class _Querier:
             if self.pred_loss is not None:
                 extra["pred_loss"] = self.pred_loss(variables, x_pool, bs)
             view = PoolView(probs=probs, feats=feats, labeled_feats=lab_feats, labeled_y=labels,
-                            head_w=np.asarray(w), head_b=np.asarray(bias), logits=logits, **extra)
+                            head_w=None if feats is None else np.asarray(w),
+                            head_b=None if feats is None else np.asarray(bias), logits=logits, **extra)
             pos = np.asarray(self.strategy(view, int(b), jax.random.fold_in(base, k), **self.options),
                              np.int64)
             # alfa_fill=with_replacement may return fewer (the reference's duplicates dropped).
@@ -150,7 +152,6 @@ class _Querier:
 def run(config, workdir, *, progress: bool = True) -> dict:
     """The whole loop in `workdir`; returns (and writes) the summary."""
     from fastjax import partition
-    from fastjax.active import NEEDS_CLIENT_MODELS
     from fastjax.federate import engine, models
 
     workdir = Path(workdir)
@@ -168,7 +169,7 @@ def run(config, workdir, *, progress: bool = True) -> dict:
         z_test = common.embed_split(config, encoder, test, "test", progress)
     inputs = common.model_inputs(config, train, test, z_train, z_test)
     model = models.make_model(config.model.name, c, config.model.conv_impl)
-    if a.strategy == "ll4al":  # the loss-prediction module trains (and is averaged) with the backbone
+    if a.strategy in NEEDS_LOSS_MODULE:  # the loss-prediction module trains (and is averaged) with the backbone
         from fastjax.active.ll4al import WithLossNet
 
         model = WithLossNet(model)
@@ -296,7 +297,6 @@ def run(config, workdir, *, progress: bool = True) -> dict:
 
 def training_objective(config):
     """The local objective the strategy trains with (None: plain cross-entropy)."""
-    from fastjax.active import OBJECTIVES
 
     a = config.active
     kind = OBJECTIVES.get(a.strategy)
@@ -318,7 +318,6 @@ class _ClientArrays:
     labeled class counts ride along as the objective's per-client arrays."""
 
     def __init__(self, config, inputs, part_train, num_classes, capacity, pool_capacity, oracle):
-        from fastjax.active import OBJECTIVES
 
         self.spec = config_lib.train_spec(config)
         self.inputs, self.part_train, self.num_classes = inputs, part_train, num_classes
@@ -388,7 +387,6 @@ def check_plan(config, initial, sizes, n_total: int) -> None:
     """What the partition decides and a strategy cannot live with, before any training:
     a client with no initial labeled samples for LoGo's local-only model or KAFAL's class
     counts; a GCNAL budget above the graph's unlabeled nodes (active.gcnal_subset)."""
-    from fastjax.active import OBJECTIVES
 
     a = config.active
     empty = np.flatnonzero(np.asarray(initial) == 0).tolist()
@@ -409,7 +407,6 @@ def check_plan(config, initial, sizes, n_total: int) -> None:
 
 def needs_local_only(config) -> bool:
     """LoGo's macro step, or any strategy in LoGo's local_only query-model ablation."""
-    from fastjax.active import NEEDS_CLIENT_MODELS, NEEDS_LOCAL_ONLY
 
     a = config.active
     if a.strategy in NEEDS_LOCAL_ONLY:
