@@ -248,8 +248,8 @@ def load_svhn(split: str, data_root=None, *, download: bool = False) -> Dataset:
     read.__name__ = "read_svhn_mat"
     cands = [Candidate(fname, read), Candidate(f"svhn/{fname}", read),
              Candidate(f"SVHN/{fname}", read)]
-    known = RELEASES["svhn"]  # one file per split: check just that split
-    release = Release(known.classes, {split: known.sizes[split]})
+    known = RELEASES.get("svhn")  # one file per split: check just that split
+    release = known and Release(known.classes, {split: known.sizes[split]})
     return _resolve("svhn", split, data_root, cands, tfds_name="svhn_cropped",
                     download=download, allowed=("train", "test", "extra"), release=release)
 
