@@ -29,9 +29,10 @@ def resolve(directory: str = "") -> Path | None:
     return Path(choice or DEFAULT_DIR).expanduser()
 
 
-def enable(directory: str = "") -> Path | None:
-    """Point JAX's persistent compilation cache at `resolve(directory)`; returns the
-    directory, or None (and changes nothing) when the cache is turned off."""
+def enable(directory: str = "", *, min_compile_seconds: float | None = None) -> Path | None:
+    """Point JAX's persistent compilation cache at `resolve(directory)`, keeping programs
+    that took at least `min_compile_seconds` (default MIN_COMPILE_SECONDS) to compile; returns the directory, or None
+    (and changes nothing) when the cache is turned off."""
     path = resolve(directory)
     if path is None:
         return None
@@ -39,5 +40,6 @@ def enable(directory: str = "") -> Path | None:
 
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      MIN_COMPILE_SECONDS if min_compile_seconds is None else min_compile_seconds)
     return path

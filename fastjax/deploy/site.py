@@ -218,7 +218,7 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
     """Phase 2: the refinement pass; stores this site's training set. Replies
     status="ready" with label counts, or status="awaiting" after writing the query for
     a person (labeling.oracle="annotations" and no annotations.csv yet)."""
-    from fastjax.label import annotate
+    from fastjax.label import annotate, client_training_sets
     from fastjax.partition import Oracle
 
     site = load_site(config, node)
@@ -237,15 +237,10 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
                     "query": str(node.site_dir / annotate.QUERY_CSV)}
         oracle = _ByRow(human, np.concatenate([site.sample_ids, -np.ones(n_shared, np.int64)]), hidden)
     result, pos = _label(site, z, config, msg, oracle)
-    # In the site's own sample order, as the one-process job lays out each client's data.
-    order = np.argsort(result.train_idx[pos], kind="stable")
-    rows, y = result.train_idx[pos][order], result.train_y[pos][order]
-    # The weak-label policy's per-sample loss weights and soft targets, when it makes them.
-    extra = {}
-    if result.train_w and result.train_w[pos] is not None:
-        extra["w"] = np.asarray(result.train_w[pos], np.float32)[order]
-    if result.train_soft and result.train_soft[pos] is not None:
-        extra["soft"] = np.asarray(result.train_soft[pos], np.float32)[order]
+    # In the site's own sample order, as the one-process job lays out each client's data,
+    # with the weak-label policy's loss weights and soft targets when it makes them.
+    rows, y, w, soft = client_training_sets(result)[pos]
+    extra = {name: np.asarray(a, np.float32) for name, a in (("w", w), ("soft", soft)) if a is not None}
     if config.model.name == "linear":
         x = ((z[rows] - msg["mean"]) / msg["std"]).astype(np.float32)
     else:
@@ -265,16 +260,10 @@ def _enable_compile_cache(config, node: NodeConfig):
     """Flower starts a fresh process per message: keep compiled programs on disk, even
     the quick ones (the config's compilation_cache_dir, else the site's own directory;
     FASTJAX_COMPILATION_CACHE=off or compilation_cache_dir="off" turn it off)."""
-    import jax
-
     from fastjax import compile_cache
 
-    directory = compile_cache.resolve(config.compilation_cache_dir or str(node.site_dir / "jax_cache"))
-    if directory is None:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compile_cache.enable(config.compilation_cache_dir or str(node.site_dir / "jax_cache"),
+                         min_compile_seconds=0.0)
 
 
 def train(config, node: NodeConfig, msg: dict) -> dict:

@@ -91,10 +91,6 @@ def _pad_rows(x: np.ndarray, rows: int, fill=0) -> np.ndarray:
     return np.concatenate([x, pad])
 
 
-def _round_up(n: int, b: int) -> int:
-    return -(-n // b) * b
-
-
 def _bucket(n: int, cap: int) -> int:
     """Block length for n rows: a power of two (>= 8) capped at `cap`.
 

@@ -28,14 +28,15 @@ import math
 import numpy as np
 
 from fastjax.label.fast import LabelingResult
+from fastjax.label.filtering import THRESHOLD_TOL
 from fastjax.partition.types import Oracle
 
 NUM_BINS = 10
 
 
 def vote_share_bins(share: np.ndarray) -> np.ndarray:
-    """Bin i holds shares in (i/10, (i+1)/10]; float32 round-off is absorbed (1e-6)."""
-    b = np.ceil(np.asarray(share, np.float64) * NUM_BINS - 1e-6).astype(np.int64) - 1
+    """Bin i holds shares in (i/10, (i+1)/10]; float32 round-off is absorbed (THRESHOLD_TOL)."""
+    b = np.ceil(np.asarray(share, np.float64) * NUM_BINS - THRESHOLD_TOL).astype(np.int64) - 1
     return np.clip(b, 0, NUM_BINS - 1)
 
 
