@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastjax.federate import aggregators, checkpoints, execution, local
+from fastjax.federate import aggregators, checkpoints, execution, local, resume
 
 MIB = 1024.0 * 1024.0
 
@@ -382,30 +382,16 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     workdir = Path(workdir) if workdir is not None else None
     history: list[dict] = []
     start_round = first
-    comm_before = 0.0  # MiB communicated by the segments before this one
+    comm = extra_comm_bytes / MIB
     ckpt = metrics = None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
         metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
-        # Read back (and checked) only when it would be resumed: a later segment of the
-        # active loop finds its predecessor's checkpoint, which it does not restore.
-        step = ckpt.validate() if (ckpt.latest() or 0) > round_offset else None
-        resumed_at = round_offset
-        if step is not None and step > round_offset:
-            if step > last_round:
-                raise ValueError(f"{workdir} holds a checkpoint of round {step}, beyond the "
-                                 f"{last_round} rounds asked for; raise train.rounds or start afresh")
-            variables = ckpt.restore(step, variables)
-            resumed_at = step
-            log(f"resumed from the checkpoint of round {step}")
-        # Rows after the state being resumed are redone: drop them (and a torn last line).
-        rows = metrics.truncate(resumed_at)
-        history = [r for r in rows if r["round"] > round_offset]
-        prior = [r for r in rows if r["round"] <= round_offset]
-        comm_before = prior[-1]["comm_mib"] if prior else 0.0
-        start_round = resumed_at + 1
-    comm = history[-1]["comm_mib"] if history else comm_before + extra_comm_bytes / MIB
+        # The deployment's server resumes by the same rules (fastjax.federate.resume).
+        variables, history, start_round, comm = resume.resume(
+            ckpt, metrics, variables, last_round=last_round, round_offset=round_offset,
+            extra_comm_mib=extra_comm_bytes / MIB, log=log)
     before_last = None
     t_train = time.perf_counter()
     bar = _progress(range(start_round, last_round + 1), progress, spec.rounds, start_round - first)
