@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.partition.num_clients = 10
     c.partition.alpha = 0.1
     c.partition.classes_per_client = 2
+    c.partition.rounding = "largest_remainder"  # logo: largest_remainder | logo_code (LoGo's dir_balance)
 
     c.seed_labels = ml_collections.ConfigDict()
     c.seed_labels.fraction = 0.01  # FAST-official: 1% of the data, balanced by class
@@ -187,7 +188,7 @@ def validate(config) -> None:
     from fastjax.encode import ENCODERS
     from fastjax.federate.models import CONV_IMPLS, MODELS
     from fastjax.label import NORMALIZE, UNCERTAINTY
-    from fastjax.partition import PARTITIONS
+    from fastjax.partition import PARTITIONS, ROUNDINGS
 
     errs = []
 
@@ -197,6 +198,7 @@ def validate(config) -> None:
 
     choice("data.name", config.data.name, DATASETS)
     choice("partition.scheme", config.partition.scheme, PARTITIONS)
+    choice("partition.rounding", config.partition.rounding, ROUNDINGS)
     choice("seed_labels.mode", config.seed_labels.mode, ("balanced", "random"))
     choice("encoder.name", config.encoder.name, ENCODERS)
     choice("encoder.dtype", config.encoder.dtype, ("float32", "bfloat16"))

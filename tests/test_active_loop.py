@@ -126,6 +126,7 @@ def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
     ({"active__preset": "nope"}, "active.preset"),
     ({"active__initial": 0.5, "active__query": 0.3}, "more than all of it"),
     ({"active__reset": "warm"}, "active.reset"),
+    ({"partition__rounding": "ceil"}, r"partition.rounding='ceil' is not allowed.*logo_code"),
     ({"active__query_model": "both"}, "active.query_model"),
     ({"active__strategy": "logo", "active__logo_n_init": 0}, "n_init=0 must be an int >= 1"),
     ({"active__strategy": "ll4al", "active__ll4al_subset": 0}, "subset_size=0 must be an int >= 1"),

@@ -302,3 +302,99 @@ def test_central_seed_errors():
         central_seed(Y[:500], 0.01, num_classes=C)
     with pytest.raises(ValueError, match="fraction"):
         central_seed(Y, 0.0)
+
+
+# --- LoGo's own rounding (partition rounding="logo_code")
+
+def _logo_dir_balance(labels, num_users, alpha, sample, py_seed=0):
+    """LoGo's `util/data_simulator.py` `dir_balance` (raymin0223/LoGo @536e8cb), line by
+    line in numpy: torch float32 -> np.float32, `random.sample` kept. `sample` is the
+    K x C Dirichlet draw (theirs comes from torch's RNG); balanced here when `balance`.
+    Returns clients_data_num as a K x C array and the balanced matrix."""
+    import math
+    import random
+
+    random.seed(py_seed)
+    C, K = int(labels.max()) + 1, num_users
+    clients_data = {i: [] for i in range(K)}
+    total_data = {str(i): [] for i in range(C)}
+    data_num = np.array([0 for _ in range(C)])
+    for idx, y in enumerate(labels):
+        total_data[str(y)].append(idx)
+        data_num[int(y)] += 1
+    clients_data_num = {client: [0] * C for client in range(K)}
+    sample = np.array(sample, np.float32)
+    rsum, csum = sample.sum(1), sample.sum(0)
+    epsilon = min(1, K / C, C / K) / 1000
+    if alpha < 10:
+        r, c = 1, K / C
+        while np.any(rsum <= r - epsilon) or np.any(csum <= c - epsilon):
+            sample /= sample.sum(0)
+            sample /= sample.sum(1)[:, None]
+            rsum, csum = sample.sum(1), sample.sum(0)
+    else:
+        r, c = C / K, 1
+        while np.any(abs(rsum - r) >= epsilon) or np.any(abs(csum - c) >= epsilon):
+            sample = sample / sample.sum(1)[:, None]
+            sample /= sample.sum(0)
+            rsum, csum = sample.sum(1), sample.sum(0)
+    x = sample * data_num.astype(np.float32)
+    x = np.ceil(x).astype(np.int64)
+    x = np.where(x <= 1, 0, x + 1) if alpha < 10 else np.where(x <= 1, 0, x)
+    if alpha < 10:
+        remain, nums, i = np.inf, math.ceil(len(labels) / K), 0
+        while remain != 0:
+            i += 1
+            for client_idx in clients_data.keys():
+                for cls in total_data.keys():
+                    tmp_set = random.sample(total_data[cls], min(len(total_data[cls]), x[client_idx, int(cls)]))
+                    if len(clients_data[client_idx]) + len(tmp_set) > nums:
+                        tmp_set = tmp_set[:nums - len(clients_data[client_idx])]
+                    clients_data[client_idx] += tmp_set
+                    clients_data_num[client_idx][int(cls)] += len(tmp_set)
+                    total_data[cls] = list(set(total_data[cls]) - set(tmp_set))
+            remain = sum([len(d) for _, d in total_data.items()])
+            if i == 100:
+                break
+        index = np.where(np.array([sum(clients_data_num[k]) for k in clients_data_num.keys()]) <= nums - 1)[0]
+        for client_idx in index:
+            n = nums - len(clients_data[client_idx])
+            add = 0
+            for cls in total_data.keys():
+                tmp_set = total_data[cls][:n - add]
+                clients_data[client_idx] += tmp_set
+                clients_data_num[client_idx][int(cls)] += len(tmp_set)
+                total_data[cls] = list(set(total_data[cls]) - set(tmp_set))
+                add += len(tmp_set)
+    else:
+        cumsum = x.T.cumsum(axis=1)
+        for cls, data in total_data.items():
+            tmp = np.split(np.array(data), list(cumsum[int(cls)]))
+            for client_idx in clients_data.keys():
+                clients_data[client_idx] += list(tmp[client_idx])
+                clients_data_num[client_idx][int(cls)] += len(list(tmp[client_idx]))
+    return np.array([clients_data_num[k] for k in range(K)]), sample
+
+
+@pytest.mark.parametrize("y,k,alpha,seed", [
+    (Y, 10, 0.1, 0), (Y, 10, 0.1, 1), (Y_SKEW, 10, 0.5, 2), (Y, 4, 0.1, 3), (Y_SKEW, 20, 1.0, 4),
+    (Y, 10, 100.0, 5), (Y_SKEW, 5, 30.0, 6)])
+def test_logo_code_rounding_equals_logo_dir_balance_cell_for_cell(y, k, alpha, seed):
+    draw = np.random.default_rng(seed).dirichlet(np.full(C, alpha), size=k)  # make_partition's draw
+    want, matrix = _logo_dir_balance(y, k, alpha, draw)
+    p = make_partition("logo", y, k, seed, alpha=alpha, test_labels=Y_TEST, rounding="logo_code")
+    np.testing.assert_array_equal(_counts(p, y), want)
+    # The test split: LoGo passes the train split's balanced matrix (no balancing again).
+    want_test, _ = _logo_dir_balance(Y_TEST, k, alpha, matrix)
+    np.testing.assert_array_equal(np.stack([np.bincount(Y_TEST[ix], minlength=C) for ix in p.test]),
+                                  want_test)
+    if alpha < 10:  # every sample placed, no client past ceil(N / K)
+        np.testing.assert_array_equal(np.sort(np.concatenate(p.train)), np.arange(y.size))
+        assert p.sizes().max() <= -(-y.size // k)
+    default = make_partition("logo", y, k, seed, alpha=alpha, test_labels=Y_TEST)
+    assert not np.array_equal(_counts(default, y), want)  # the two conventions do differ
+
+
+def test_logo_rounding_is_validated():
+    with pytest.raises(ValueError, match=r"rounding='ceil'.*largest_remainder.*logo_code"):
+        make_partition("logo", Y, 10, 0, rounding="ceil")

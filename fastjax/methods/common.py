@@ -56,7 +56,7 @@ def make_partition(config, train, test, workdir):
     p = config.partition
     part = partition.make_partition(p.scheme, train.labels, p.num_clients, config.seed, alpha=p.alpha,
                                     classes_per_client=p.classes_per_client, test_labels=test.labels,
-                                    num_classes=train.num_classes)
+                                    num_classes=train.num_classes, rounding=p.rounding)
     report = partition.partition_report(part, train.labels, train.num_classes, train.class_names,
                                         test_labels=test.labels if part.test is not None else None)
     partition.write_report(report, workdir)
