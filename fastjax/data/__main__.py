@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import pathlib
 import sys
-import tempfile
 import time
 import warnings
 
 import numpy as np
 
 from fastjax.data import DATASETS, DatasetCorruptError, DatasetNotFoundError, load_dataset
+from fastjax.files import unwritable
 from fastjax.partition import (PARTITIONS, format_table, make_partition, partition_report,
                                split_seed, write_report)
 from fastjax.partition.seed import SEED_MODES
@@ -57,11 +56,9 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             takes = sorted(n for n, f in DATASETS.items()
                            if key in inspect.signature(f).parameters)
             p.error(f"{flag} does not apply to --dataset {a.dataset}; it is for {takes}")
-    try:  # a report that cannot be written should not wait for the dataset's decode
-        pathlib.Path(a.out).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=a.out).close()
-    except OSError as e:
-        p.error(f"--out {a.out} is not a writable directory ({e.strerror or e})")
+    why = unwritable(a.out)  # a report that cannot be written should not wait for the decode
+    if why is not None:
+        p.error(f"--out {a.out} is not a writable directory ({why})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 from collections.abc import Iterable
 
 import numpy as np
+
+from fastjax.files import atomic_write, unwritable
 
 # Bump when a reader's output changes for the same source files. 2: archives and release
 # sizes are verified before caching; entries of version 1 may hold a partial split.
@@ -59,16 +60,7 @@ def load(name: str, split: str, key: str):
 def store(name: str, split: str, key: str, images, labels, class_names) -> None:
     """Atomically writes one entry (tmp file in the same directory, then rename)."""
     path = _entry(name, split, key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    except OSError:
+    if unwritable(path.parent) is not None:
         return  # a read-only home must not stop loading; we just don't cache
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels,
-                     class_names=np.array(class_names, dtype=str))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: np.savez(f, images=images, labels=labels,
+                                          class_names=np.array(class_names, dtype=str)))

@@ -1,8 +1,9 @@
 """Embed a whole dataset with a frozen encoder, streaming batches, with an on-disk cache.
 
-A cache entry is a ``.npy`` (the embeddings) and a ``.json`` (what they depend on), each
-written to a temporary file and renamed into place, so a killed run leaves no torn entry;
-an entry that is damaged anyway is a miss, recomputed and rewritten. An unwritable cache
+A cache entry is a ``.npy`` (the embeddings) and a ``.json`` (what they depend on, and
+the sha256 of the array), each written to a temporary file and renamed into place, so a
+killed run leaves no torn entry; an entry that is damaged anyway (unreadable, or an array
+whose bytes no longer match its digest) is a miss, recomputed and rewritten. An unwritable cache
 directory is found before any embedding is computed: the run goes on uncached.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastjax.encode import core
+from fastjax.files import atomic_write as _replace_atomically
+from fastjax.files import unwritable
 
 CACHE_VERSION = 1
 
@@ -69,6 +70,10 @@ def _read_entry(paths, meta: dict, shape: tuple) -> np.ndarray | None:
         if stored.get("meta") != json.loads(json.dumps(meta, default=str)):
             return None
         out = np.load(npy, allow_pickle=False)
+        # Bytes flipped inside the array still load, as other numbers: check the content.
+        if stored.get("sha256") != _digest(out):
+            raise ValueError("its array differs from the sha256 in its metadata"
+                             if "sha256" in stored else "it has no content digest (an older entry)")
     except (OSError, ValueError, EOFError) as e:  # json's decode error is a ValueError
         warnings.warn(f"ignoring a damaged embedding cache entry {npy} / {js.name} "
                       f"({type(e).__name__}: {e}); recomputing it", stacklevel=3)
@@ -76,30 +81,13 @@ def _read_entry(paths, meta: dict, shape: tuple) -> np.ndarray | None:
     return out if out.shape == shape else None
 
 
-def _unwritable(cache_dir) -> str | None:
-    """Why `cache_dir` cannot take a new entry, or None when it can."""
-    try:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=cache_dir).close()
-    except OSError as e:
-        return f"{type(e).__name__}: {e.strerror or e}"
-    return None
-
-
-def _replace_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def _write_entry(paths, out: np.ndarray, meta: dict, stats: dict) -> None:
     npy, js = paths
-    record = json.dumps({"meta": meta, "shape": list(out.shape),
+    record = json.dumps({"meta": meta, "shape": list(out.shape), "sha256": _digest(out),
                          "images_per_sec": stats["images_per_sec"]}, indent=1, default=str)
     # The .json goes last: an entry counts only once its metadata matches.
     _replace_atomically(npy, lambda f: np.save(f, out))
@@ -147,7 +135,7 @@ def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 
             stats = {"cached": True, "images_per_sec": None, "seconds": 0.0,
                      "first_batch_seconds": 0.0, "path": str(paths[0])}
             return (out, stats) if return_stats else out
-        why = _unwritable(cache_dir)
+        why = unwritable(cache_dir)
         if why is not None:  # found now, not after every embedding is computed
             warnings.warn(f"embedding cache directory {cache_dir} is not writable ({why}); "
                           f"embedding without a cache (set the config key "
