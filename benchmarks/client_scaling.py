@@ -15,7 +15,6 @@ with `--host-devices` forced XLA host devices. Writes JSON and a PNG plot.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -78,17 +77,25 @@ def plot(results, path: Path):
         axes[1].plot(k, [1000 * r["sec_per_client"] for r in rs], marker="o", label=strategy)
         mem = [(r["peak_device_bytes"] or r["peak_rss_bytes"]) / 2**30 for r in rs]
         axes[2].plot(k, mem, marker="o", label=strategy)
-    for ax, title in zip(axes, ("s per round", "ms per client", "peak memory (GiB)")):
-        ax.set(xscale="log", xlabel="clients", title=title)
+    for ax, (ylabel, title) in zip(axes, (("seconds per round", "time per round"),
+                                          ("ms per client", "time per client"),
+                                          ("peak memory (GiB)", "peak memory"))):
+        # Log clients; y from 0, so a flat line reads as flat rather than as noise zoomed in.
+        ax.set(xscale="log", xlabel="clients", ylabel=ylabel, title=title)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend()
+    fig.suptitle("one federated round (CNN-4) against the number of clients", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common
+
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("--clients", default="10,30,100")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
@@ -100,9 +107,7 @@ def main(argv=None):
     p.add_argument("--json", required=True)
     p.add_argument("--png", default=None)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import common
-
+    print(common.device_line(), flush=True)
     results = []
     for strategy in args.strategies.split(","):
         for k in (int(c) for c in args.clients.split(",")):
@@ -117,6 +122,7 @@ def main(argv=None):
     rows = [r for r in results if "error" not in r]
     print(common.markdown_table(rows, ["strategy", "clients", "devices", "compile_seconds", "sec_per_round",
                                        "sec_per_client", "temp_bytes", "peak_device_bytes", "peak_rss_bytes"]))
+    print(common.device_line(out["device"]))
 
 
 if __name__ == "__main__":

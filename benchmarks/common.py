@@ -12,6 +12,8 @@ Every number that goes into `benchmarks/RESULTS.md` should carry `device_info()`
 
 from __future__ import annotations
 
+import argparse
+import copy
 import datetime
 import importlib
 import importlib.metadata
@@ -21,6 +23,8 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from typing import Any, Iterable, Sequence
 
@@ -224,3 +228,124 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout and shows every option's default in `--help`
+    (argparse's ArgumentDefaultsHelpFormatter skips options that have no help text)."""
+
+    def _format_action(self, action):
+        default = action.default
+        shown = not (default is None or default is False or default == "" or default is argparse.SUPPRESS)
+        if (action.option_strings and shown
+                and "%(default)" not in (action.help or "")):
+            action = copy.copy(action)
+            action.help = ((action.help + " " if action.help else "") + "(default: %(default)s)")
+        return super()._format_action(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The benchmarks' parser: defaults shown in `--help`, errors in one line (exit 2)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        fail(f"{message} (see {self.prog} --help)")
+
+
+def fail(message: str, code: int = 2):
+    """Bad input: one line on stderr and exit `code`, before any compute."""
+    print(f"{pathlib.Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def unwritable(directory: str | os.PathLike) -> str | None:
+    """None when `directory` is a writable directory or can be created as one, else why not
+    (one phrase). Folders it creates to find out are removed again: a refused run leaves
+    no trace."""
+    path = pathlib.Path(directory).absolute()
+    created = [q for q in (path, *path.parents) if not q.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for q in created:  # deepest first
+            try:
+                q.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def dataset_problem(name: str, data_root: str | None) -> str | None:
+    """None when `name`'s test split loads from `data_root` (then it is cached for the runs),
+    else one line: what is missing, where it was searched, and how to point at it."""
+    from fastjax import data
+
+    try:
+        data.load_dataset(name, "test", data_root or None)
+    except (data.DatasetNotFoundError, data.DatasetCorruptError, ValueError, OSError) as e:
+        lines = str(e).splitlines()
+        searched = [x for x in lines if x.startswith("Searched:")]
+        return " ".join(lines[:1] + searched + ["(set --data-root DIR or $FASTJAX_DATA_ROOT)"])
+    return None
+
+
+def preflight(parser: argparse.ArgumentParser, configs, out, dataset: str | None = None,
+              data_root: str | None = None) -> None:
+    """Before the first run of a benchmark: every run's config valid, --out writable and
+    the dataset found, else `parser.error` (one line, exit 2)."""
+    from fastjax import config as config_lib
+
+    try:
+        for c in configs:
+            config_lib.validate(c)
+    except ValueError as e:
+        parser.error(str(e))
+    why = unwritable(out)
+    if why:
+        parser.error(f"--out {out} is not a writable directory ({why})")
+    missing = dataset and dataset_problem(dataset, data_root)
+    if missing:
+        parser.error(missing)
+
+
+def device_line(info: dict[str, Any] | None = None) -> str:
+    """The device, package versions and date of `device_info()` as one printable line."""
+    info = info or device_info()
+    v = info.get("versions", {})
+    versions = ", ".join(f"{k} {v[k]}" for k in ("jax", "jaxlib", "flax", "torch", "flwr") if v.get(k))
+    return (f"device: {info.get('jax_device_kind') or info.get('jax_backend') or 'cpu'} "
+            f"({info.get('cpu_model')}, {info.get('usable_cores')} usable cores); "
+            f"{versions}; python {info.get('python')}; {info.get('date')}")
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3 min 20 s, 2 h 05 min."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+class RunClock:
+    """Progress over a benchmark's runs: after each one, how many are done and an estimate
+    of the time left from the mean of the runs measured so far (runs of different sizes
+    make it rough; it is printed so that hours of work never start without a word)."""
+
+    def __init__(self, total: int, log=print):
+        self.total, self.log, self.done = total, log, 0
+        self.t0 = time.perf_counter()
+
+    def tick(self, label: str) -> None:
+        self.done += 1
+        spent = time.perf_counter() - self.t0
+        left = self.total - self.done
+        eta = f"; about {duration(spent / self.done * left)} left" if left else ""
+        self.log(f"[{self.done}/{self.total}] {label} (elapsed {duration(spent)}{eta})")

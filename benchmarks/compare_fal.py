@@ -2,8 +2,8 @@
 the same model, engine and communication accounting (the paper's Table I / Table III /
 Fig. 2 comparison).
 
-    python benchmarks/compare_fal.py --data-root ../shared/data --out runs/compare_fal          # Table I, CIFAR-10
-    python benchmarks/compare_fal.py --data-root ../shared/data --out runs/compare_quick --quick
+    python benchmarks/compare_fal.py --data-root $FASTJAX_DATA_ROOT --out runs/compare_fal     # Table I, CIFAR-10
+    python benchmarks/compare_fal.py --data-root $FASTJAX_DATA_ROOT --out runs/compare_quick --quick
 
 Every strategy runs the loop of `fastjax.methods.active` (the preset `paper_table1`:
 inter-class diversity partition, 5% initial + 5% per AL round, 100 FL rounds per AL
@@ -16,7 +16,11 @@ and accuracy_vs_mib.png. Each run lives in its own work directory, so an interru
 benchmark resumes where it stopped.
 
 --quick shrinks everything for a 2-core CPU (a CIFAR-10 subset, fewer clients, rounds
-and epochs); its numbers show the pipeline, not the paper's accuracies.
+and epochs); its numbers show the pipeline, not the paper's accuracies. --tiny is CI's
+smoke run. Measured on a 2-core CPU, CIFAR-10, all nine baselines and FAST: --tiny
+TINY_TIME, --quick QUICK_TIME; the default (the paper's scale: 8 AL rounds x 100 FL rounds
+per baseline on all 50,000 images) takes days on a CPU. Before the first run the plan is
+printed (runs, rounds, images), and after each run the time left is estimated.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ FULL = {"train_limit": 0, "test_limit": 0, "clients": 10, "fl_rounds": 100, "loc
         "batch_size": 64, "al_rounds": (4, 8), "image_size": 224}
 QUICK = {"train_limit": 4000, "test_limit": 1000, "clients": 5, "fl_rounds": 8, "local_epochs": 1,
          "batch_size": 32, "al_rounds": (2, 3), "image_size": 64}
+# Measured wall times of the whole benchmark (README and --help quote them).
+TINY_TIME, QUICK_TIME = "TINY_TIME", "QUICK_TIME"
 TINY = {"train_limit": 600, "test_limit": 200, "clients": 3, "fl_rounds": 2, "local_epochs": 1,
         "batch_size": 16, "al_rounds": (1, 2), "image_size": 32}  # CI's smoke run
 
@@ -101,22 +107,36 @@ def paper_numbers(dataset: str, partition: str) -> dict:
     return out
 
 
+def plan(args, size) -> str:
+    """What will run, printed before the first run."""
+    al = max(size["al_rounds"])
+    images = (f"{size['train_limit']} train / {size['test_limit']} test images"
+              if size["train_limit"] else "every train and test image")
+    lines = [f"plan: {len(args.strategies)} baseline(s) ({', '.join(args.strategies)}) x {al} AL rounds "
+             f"x {size['fl_rounds']} FL rounds of {size['local_epochs']} local epoch(s) = "
+             f"{len(args.strategies) * al * size['fl_rounds']} FL rounds, on {images} of {args.dataset}, "
+             f"{size['clients']} clients"]
+    if not args.no_fast:
+        lines.append(f"      FAST: {args.encoder} embeds {images} once (cached), then "
+                     f"{size['fl_rounds']} FL rounds")
+    return "\n".join(lines)
+
+
 def run_all(args, size, log=print) -> dict:
+    from benchmarks import common
     from fastjax import main as fast_main
 
     out = Path(args.out)
     results = {"size": size, "args": {k: v for k, v in vars(args).items()}, "strategies": {}}
+    clock = common.RunClock(len(args.strategies) + (not args.no_fast), log=log)
     for s in args.strategies:
-        t0 = time.perf_counter()
-        summary = fast_main.run(active_config(args, size, s), out / s, progress=False)
+        summary = fast_main.run(active_config(args, size, s), out / s, progress=args.progress)
         results["strategies"][s] = {"summary": summary, "metrics": _metrics(out / s)}
-        log(f"{s}: {summary['final_accuracy']:.4f} after {summary['fl_rounds']} FL rounds "
-            f"({time.perf_counter() - t0:.0f} s)")
+        clock.tick(f"{s}: accuracy {summary['final_accuracy']:.4f} after {summary['fl_rounds']} FL rounds")
     if not args.no_fast:
-        t0 = time.perf_counter()
-        summary = fast_main.run(fast_config(args, size), out / "fast", progress=False)
+        summary = fast_main.run(fast_config(args, size), out / "fast", progress=args.progress)
         results["fast"] = {"summary": summary, "metrics": _metrics(out / "fast")}
-        log(f"fast: {summary['final_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+        clock.tick(f"fast: accuracy {summary['final_accuracy']:.4f}")
     return results
 
 
@@ -197,9 +217,22 @@ def plots(results: dict, out: Path):
         plt.close(f)
 
 
+def _al_rounds(text: str) -> tuple[int, ...]:
+    """--al-rounds: a comma list of positive integers."""
+    try:
+        rounds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        rounds = ()
+    if not rounds or min(rounds) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give AL round counts >= 1, e.g. 4,8")
+    return rounds
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=None, help="dataset files (else $FASTJAX_DATA_ROOT)")
+    from benchmarks import common
+
+    p = common.ArgumentParser(description=__doc__)
+    p.add_argument("--data-root", default=None, help="dataset files (default: $FASTJAX_DATA_ROOT)")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--out", default="runs/compare_fal")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
@@ -209,32 +242,33 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--encoder", default="efficientnet_lite0", help="FAST's encoder (the paper: siglip)")
     p.add_argument("--fast-budget", type=float, default=0.05)
-    p.add_argument("--al-rounds", default=None, help="e.g. 4,8 (default: 4,8; quick: 2,3)")
+    p.add_argument("--al-rounds", type=_al_rounds, default=None,
+                   help="AL round counts to report, e.g. 4,8 (default: 4,8; --quick 2,3; --tiny 1,2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-fast", action="store_true")
-    p.add_argument("--quick", action="store_true", help="CPU-sized: minutes, not hours")
-    p.add_argument("--tiny", action="store_true", help="seconds: CI's smoke run")
+    p.add_argument("--no-fast", action="store_true", help="run the baselines only")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (the per-run lines with the time left remain)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_true", help=f"CPU-sized: {QUICK_TIME} on 2 cores")
+    scale.add_argument("--tiny", action="store_true", help=f"CI's smoke run: {TINY_TIME} on 2 cores")
     args = p.parse_args(argv)
     args.strategies = [s for s in args.strategies.split(",") if s]
     size = dict(TINY if args.tiny else QUICK if args.quick else FULL)
     if args.al_rounds:
-        size["al_rounds"] = tuple(int(x) for x in args.al_rounds.split(","))
+        size["al_rounds"] = args.al_rounds
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGIES)}")
-    from fastjax import config as config_lib
-
-    try:  # every run's config, before the first one starts
-        for s in args.strategies:
-            config_lib.validate(active_config(args, size, s))
-        if not args.no_fast:
-            config_lib.validate(fast_config(args, size))
+    try:  # a preset's own check raises on building
+        configs = [active_config(args, size, s) for s in args.strategies]
+        configs += [] if args.no_fast else [fast_config(args, size)]
     except ValueError as e:
         p.error(str(e))
-    from benchmarks import common
+    common.preflight(p, configs, args.out, args.dataset, args.data_root)  # before any run
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    print(common.device_line(), flush=True)
+    print(plan(args, size), flush=True)
     t0 = time.perf_counter()
     results = run_all(args, size)
     results["device"] = common.device_info()
@@ -250,6 +284,7 @@ def main(argv=None):
     (out / "compare.json").write_text(json.dumps({**results, "rows": rows}, indent=1, default=str))
     plots(results, out)
     print(md)
+    print(common.device_line(results["device"]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every row of issue #11's table in one prepared run (driven by `gpu_suite.sh`).
+"""The accelerator benchmarks in one prepared run (driven by `gpu_suite.sh`).
 
     bash benchmarks/gpu_suite.sh OUT_DIR             # on the accelerator, about 8 minutes
     bash benchmarks/gpu_suite.sh OUT_DIR --dry-run   # on a CPU, tiny sizes, same code paths
@@ -22,7 +22,7 @@ it is measured, so a section cut short keeps what it had):
 
 `python benchmarks/gpu_suite.py run SECTION --work DIR [--dry-run] [--budget S]` runs one
 section into DIR/SECTION.json; `python benchmarks/gpu_suite.py report --work DIR --out OUT`
-merges them into OUT/suite.json and OUT/suite.md (with the issue's goals, met or not).
+merges them into OUT/suite.json and OUT/suite.md (with the project's goals, met or not).
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ def _ml_collections() -> str | None:
         except ImportError:
             sys.path.remove(str(whl))
     return ("ml_collections is not installed: in the repo root run `python3 -m pip download --no-deps "
-            "--only-binary=:all: -d .whl ml_collections==1.1.0` and carry `.whl` (see "
-            "/work/.library/device/README.md)")
+            "--only-binary=:all: -d .whl ml_collections==1.1.0` and copy `.whl` to the accelerator "
+            "machine with the checkout (see benchmarks/gpu_suite.sh)")
 
 
 def run_fast(sec: Section, size: dict, work: Path, data_root: str):
@@ -289,7 +289,7 @@ def markdown(sections: dict, goal_rows: list[dict]) -> str:
                  f"versions {json.dumps(dev.get('versions'))}.")
     if any(s.get("dry_run") for s in sections.values()):
         parts.append("**Dry run: tiny sizes, nothing here is a measurement of interest.**")
-    parts += ["", "## Goals (issue #11)", "", common.markdown_table(goal_rows, ["goal", "measured", "met", "row"])]
+    parts += ["", "## Goals", "", common.markdown_table(goal_rows, ["goal", "measured", "met", "row"])]
     rounds = sections.get("rounds", {}).get("rows", [])
     parts += ["", "## Rounds", "", common.markdown_table(rounds, [
         "row", "compile_seconds", "sec_per_round", "samples_per_sec", "masked_step_fraction", "temp_bytes", "error"])]

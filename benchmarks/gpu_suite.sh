@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# Every row of issue #11's table in one run: rounds/sec with the PyTorch peers, client
+# The accelerator benchmarks in one run: rounds/sec with the PyTorch peers, client
 # scaling to 10,000 clients (10% participation, chunked), the FAST job end to end, kNN at
 # 100k x 40k x 768-d, SigLIP against transformers. Writes OUT_DIR/suite.json and
-# OUT_DIR/suite.md (and nothing else there: the device tool brings back at most 8 files).
+# OUT_DIR/suite.md (and nothing else there: two files are easy to bring back from a remote machine).
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [--dry-run] [--data-root DIR] [--sections a,b,...]
 #
 # On the accelerator it keeps within about 8 minutes (each section has a soft budget and a
 # hard timeout; SUITE_SECONDS caps the whole run, default 500). --dry-run runs the same
-# code on a CPU at tiny sizes. Before a device call, in the repo root (see
-# /work/.library/device/README.md for carrying files):
-#   - the FAST job needs ml_collections, which the accelerator image lacks:
-#       echo /.whl/ >> .git/info/exclude
+# code on a CPU at tiny sizes. When the accelerator machine has no network (no pip), carry
+# what it lacks along with the checkout (rsync, scp, or whatever copies the repository there):
+#   - the FAST job needs ml_collections; download its wheel on a machine with a network,
+#     into the repo root's .whl/ folder, which the suite adds to sys.path:
 #       python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
-#     and carry ".whl" (without it the fast section is skipped and says so);
-#   - for real CIFAR-10 instead of random CIFAR-10-shaped data, copy
-#     ../shared/data/cifar10-jpeg into an ignored folder (e.g. .gpu_data/), carry it and
-#     pass --data-root .gpu_data.
-# Then, e.g.: run(command="bash benchmarks/gpu_suite.sh $OUT", carry=[".whl", ".gpu_data"],
-#                 timeout_s=590)
+#     (keep .whl/ out of git, e.g. `echo /.whl/ >> .git/info/exclude`; without the wheel the
+#     fast section is skipped and says so);
+#   - for real CIFAR-10 instead of random CIFAR-10-shaped data, copy the CIFAR-10 files
+#     (any release format fastjax.data reads) into a folder beside the checkout and pass
+#     --data-root with its path.
+# Then, on the accelerator: bash benchmarks/gpu_suite.sh OUT_DIR [--data-root DIR]
 set -u
 if [ $# -lt 1 ]; then
   echo "usage: bash benchmarks/gpu_suite.sh OUT_DIR [--dry-run] [--data-root DIR] [--sections a,b]" >&2

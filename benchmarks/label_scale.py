@@ -13,7 +13,6 @@ by the lowest class, so agreement is reported against fastjax's tie_break="lowes
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -108,7 +107,10 @@ def run(n_u: int, n_l: int, d: int, classes: int, k: int = 10, repeats: int = 2,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common
+
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("--unlabeled", type=int, default=100_000)
     p.add_argument("--labeled", type=int, default=40_000)
     p.add_argument("--dim", type=int, default=768)
@@ -118,8 +120,7 @@ def main(argv=None):
     p.add_argument("--block", type=int, default=4096)
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import common
+    print(common.device_line(), flush=True)
 
     out = {"device": common.device_info(),
            **run(args.unlabeled, args.labeled, args.dim, args.classes, args.k, args.repeats, args.block)}

@@ -1,6 +1,6 @@
-"""Query time of every FAL strategy on one client pool (issue 9: 5,000 samples, 256-d),
+"""Query time of every FAL strategy on one client pool (5,000 samples, 256-d by default),
 and what the three training-changing baselines add to training on one 5,000-sample
-client (issue 10).
+client (--training).
 
     python benchmarks/query_cost.py                       # n=5000, d=256, C=10, b=250, m=250
     python benchmarks/query_cost.py --n 50000 --json runs/bench/query_cost.json
@@ -9,14 +9,13 @@ client (issue 10).
 Synthetic client of the real shapes: ReLU features around C class centres, a random
 linear head and its softmax, a labeled set of m samples. Per strategy: the first call
 (compile + run) and the median of --repeats further calls with fresh keys (steady
-state, what every later client and AL round pays). Prints JSON with device, versions
-and date (`benchmarks.common.device_info`).
+state, what every later client and AL round pays). Prints a table and the device,
+versions and date; --json also writes everything as JSON. About a minute on a 2-core
+CPU at the defaults.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -77,7 +76,8 @@ def time_strategies(n: int = 5000, d: int = 256, C: int = 10, b: int = 250, m: i
     result = {"benchmark": "query_cost", "n": n, "d": d, "C": C, "b": b, "m": m, "repeats": repeats,
               "alfa_mix_candidates": int(alfa_mix_candidates(view, b).sum()),
               "results": rows, "load_avg_1m_after": os.getloadavg()[0], "device": common.device_info()}
-    print(json.dumps(result, indent=2))
+    print(common.markdown_table(rows, ["strategy", "first_call_s", "steady_s"]))
+    print(f"one pool of n={n}, d={d}, C={C}, b={b}, m={m}; {common.device_line(result['device'])}")
     return result
 
 
@@ -148,28 +148,37 @@ def time_training(n: int = 5000, labeled: int = 500, repeats: int = 2, epochs: i
     result = {"benchmark": "training_cost", "n": n, "labeled": labeled, "epochs": epochs, "batch": batch,
               "model": "cnn4, 32x32x3, random data and labels", "repeats": repeats, "results": rows,
               "load_avg_1m_after": os.getloadavg()[0], "device": common.device_info()}
-    print(json.dumps(result, indent=2))
+    print(common.markdown_table(rows, ["what", "first_call_s", "steady_s"]))
+    print(f"one client of {n} samples; {common.device_line(result['device'])}")
     return result
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from benchmarks import common
+
+    ap = common.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--C", type=int, default=10)
     ap.add_argument("--b", type=int, default=250)
     ap.add_argument("--m", type=int, default=250)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--strategies", nargs="*", default=None)
+    ap.add_argument("--strategies", nargs="*", default=None, help="default: all of them")
     ap.add_argument("--json", default=None, help="also write the result here")
     ap.add_argument("--training", action="store_true", help="time the training-side costs instead")
     a = ap.parse_args(argv)
+    from fastjax.active import STRATEGIES
+
+    unknown = sorted(set(a.strategies or ()) - set(STRATEGIES))
+    if unknown:
+        ap.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGIES)}")
+    if min(a.n, a.d, a.C, a.b, a.m, a.repeats) < 1 or a.b > a.n:
+        ap.error("--n, --d, --C, --b, --m and --repeats must be >= 1, and --b <= --n")
     if a.training:
         result = time_training(a.n, labeled=2 * a.m, repeats=max(1, a.repeats - 1))
     else:
         result = time_strategies(a.n, a.d, a.C, a.b, a.m, a.repeats, a.strategies)
     if a.json:
-        from benchmarks import common
         common.write_json(a.json, result)
 
 

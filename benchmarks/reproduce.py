@@ -1,7 +1,7 @@
 """Reproduce the FAST paper's tables and figures with fastjax, the paper's numbers beside ours.
 
-    python benchmarks/reproduce.py --table II --quick --data-root ../shared/data
-    python benchmarks/reproduce.py --table all --data-root /data        # the paper's scale
+    python benchmarks/reproduce.py --table II --quick --data-root $FASTJAX_DATA_ROOT
+    python benchmarks/reproduce.py --table all --data-root $FASTJAX_DATA_ROOT   # the paper's scale
     python benchmarks/reproduce.py --table VI,VII --quick --datasets cifar10
 
 Each table (I-VII) and figure (fig2, fig4) is a list of cells: (paper row, paper column,
@@ -17,17 +17,20 @@ The paper's numbers come from `benchmarks/paper_tables.json` (data, not code). O
 under --out/<scale>/: table_<X>.md (printed too) and table_<X>.json, and fig<N>.png for
 the figures. Each cell's run directory is kept, so a rerun resumes or reuses it.
 
-Scales: the paper's (default: full data, 100 rounds of 5 local epochs, SigLIP); --quick
-(minutes on a 2-core CPU: a 10,000 / 2,000 class-stratified subset, EfficientNet-Lite0
-at 96 px as the offline stand-in encoder, 10 CNN-4 rounds of 5 local steps, 20 linear
-probing rounds); --tiny (seconds: CI's smoke run of every table). --substitute mnist runs
-every dataset column on MNIST (the offline CI dataset); the output says so. --tiny also
-caps the baselines at 2 AL rounds.
+Scales: the paper's (default: full data, 100 rounds of 5 local epochs, SigLIP: days on
+a CPU, hours per table on an accelerator); --quick (a 10,000 / 2,000 class-stratified
+subset, EfficientNet-Lite0 at 96 px as the offline stand-in encoder, 10 CNN-4 rounds of 5
+local steps, 20 linear probing rounds: minutes per cell on a 2-core CPU, the first cell of a
+dataset also embeds its 12,000 images); --tiny (CI's smoke run of every table: 600 / 200
+images, one round, the baselines capped at 2 AL rounds; a few seconds per cell after the
+first compiles). --substitute mnist runs every dataset column on MNIST (the offline CI
+dataset); the output says so. Before a table runs, every selected cell's config is
+checked (a bad option fails at once, exit 2); after each cell the time spent and an
+estimate of the time left are printed. The exit status is 1 when any cell failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -250,12 +253,20 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
 
 
-def availability(cell: Cell, args, config) -> str | None:
-    """None when the cell can run, else why not (one short phrase)."""
+def not_in_fastjax(cell: Cell) -> str | None:
+    """Why fastjax has no way to run the cell at all (a method or encoder it lacks), else None."""
     if cell.method not in METHODS:
         return f"{cell.method}: no such method in fastjax"
     if cell.table == "V" and ENCODER_COLUMNS.get(cell.column, cell.column) is None:
         return f"{cell.column}: no such encoder in fastjax"
+    return None
+
+
+def availability(cell: Cell, args, config) -> str | None:
+    """None when the cell can run, else why not (one short phrase)."""
+    why = not_in_fastjax(cell)
+    if why:
+        return why
     from fastjax import data, encode
 
     try:
@@ -476,12 +487,13 @@ def header_lines(args, scale_name: str, scale: dict, recs: list[dict]) -> list[s
             f"{info['date']}"]
 
 
-def reproduce(table: str, args) -> dict:
-    scale_name = "tiny" if args.tiny else "quick" if args.quick else "paper"
-    scale = SCALES[scale_name]
-    out = Path(args.out) / scale_name
-    out.mkdir(parents=True, exist_ok=True)
-    spec = _paper()[table]
+def scale_of(args) -> tuple[str, dict]:
+    name = "tiny" if args.tiny else "quick" if args.quick else "paper"
+    return name, SCALES[name]
+
+
+def selected_cells(table: str, args) -> list[Cell]:
+    """The table's cells, less those --datasets / --methods leave out."""
     cells = cells_for(table, args.variant)
     if args.datasets:
         keep = set(args.datasets.split(","))
@@ -489,12 +501,46 @@ def reproduce(table: str, args) -> dict:
     if args.methods:
         keep = set(args.methods.split(","))
         cells = [c for c in cells if c.method in keep]
+    return cells
+
+
+def config_problems(tables, args) -> list[str]:
+    """Every selected cell's config checked before the first one runs: one line per
+    distinct problem, naming the cells it applies to (empty when all are valid)."""
+    from fastjax import config as config_lib
+
+    _, scale = scale_of(args)
+    found: dict[str, list[str]] = {}
+    for t in tables:
+        for cell in selected_cells(t, args):
+            if not_in_fastjax(cell):
+                continue  # the table says so; nothing to check
+            try:
+                config_lib.validate(build_config(cell, args, scale))
+            except ValueError as e:
+                found.setdefault(str(e).splitlines()[0], []).append(f"{t}/{cell.row}/{cell.column}")
+    return [f"{msg} (cells: {', '.join(where[:3])}{', ...' if len(where) > 3 else ''})"
+            for msg, where in found.items()]
+
+
+def reproduce(table: str, args) -> dict:
+    from benchmarks import common
+
+    scale_name, scale = scale_of(args)
+    out = Path(args.out) / scale_name
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _paper()[table]
+    cells = selected_cells(table, args)
+    print(f"[reproduce] table {table}: {len(cells)} cells at the {scale_name} scale "
+          f"(train images: {scale['train_limit'] or 'all'}, FL rounds: {scale['rounds'] or 'as in the paper'})",
+          flush=True)
     recs, memo = [], {}
+    clock = common.RunClock(len(cells), log=lambda m: print(f"[reproduce] {m}", flush=True))
     for cell in cells:
         rec = run_cell(cell, args, scale, out, memo)
         recs.append(rec)
         status = (f"{_pct(rec['final_accuracy'])}%" if rec["status"] == "ran" else rec["status"])
-        print(f"[reproduce] {table} | {cell.row} | {cell.column}: {status}", flush=True)
+        clock.tick(f"{table} | {cell.row} | {cell.column}: {status}")
     md = render(table, spec, recs, header_lines(args, scale_name, scale, recs))
     (out / f"table_{table}.md").write_text(md)
     result = {"table": table, "scale": scale_name, "variant": args.variant, "cells": recs}
@@ -506,25 +552,38 @@ def reproduce(table: str, args) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from benchmarks import common
+
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("--table", required=True,
                    help=f"comma-separated, from {', '.join(TABLES)}, or 'all'")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="minutes on a 2-core CPU")
-    size.add_argument("--tiny", action="store_true", help="seconds: CI's smoke run")
-    p.add_argument("--data-root", default="", help="datasets (default: $FASTJAX_DATA_ROOT)")
+    size.add_argument("--quick", action="store_true", help="minutes per cell on a 2-core CPU")
+    size.add_argument("--tiny", action="store_true", help="CI's smoke run: seconds per cell")
+    p.add_argument("--data-root", default="", help="datasets (empty: $FASTJAX_DATA_ROOT)")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--datasets", default="", help="run only these dataset columns / rows")
     p.add_argument("--methods", default="", help="run only these methods (fast, random, logo, ...)")
     p.add_argument("--substitute", default="", help="run every dataset column on this dataset")
     p.add_argument("--encoder", default="", help="override the scale's encoder (not Table V)")
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="encoder input size in px (default: the scale's; 0: the checkpoint's)")
     p.add_argument("--model", default="", help="override CNN-4 (e.g. linear); Table II is linear")
     p.add_argument("--variant", default="paper", choices=("paper", "official"))
     p.add_argument("--strategy", default="sequential", help="train.strategy")
-    p.add_argument("--cache-dir", default="", help="embedding cache directory")
+    p.add_argument("--cache-dir", default="",
+                   help="embedding cache directory (empty: ~/.cache/fastjax/embeddings)")
     args = p.parse_args(argv)
+    from fastjax.encode import ENCODERS
+    from fastjax.federate.execution import STRATEGIES as EXECUTION
+    from fastjax.federate.models import MODELS
+
+    for flag, value, allowed in (("--model", args.model, MODELS), ("--encoder", args.encoder, ENCODERS),
+                                 ("--strategy", args.strategy, EXECUTION)):
+        if value and value not in allowed:
+            p.error(f"{flag} {value!r}; allowed: {', '.join(sorted(allowed))}")
+    if args.image_size is not None and args.image_size < 0:
+        p.error(f"--image-size must be >= 0 (0: the checkpoint's own size), got {args.image_size}")
     tables = TABLES if args.table == "all" else tuple(args.table.split(","))
     bad = [t for t in tables if t not in TABLES]
     if bad:
@@ -548,9 +607,27 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Checks every selected cell, then runs the tables; returns {table: result}."""
+    from benchmarks import common
+
     args, tables = parse_args(argv)
+    problems = config_problems(tables, args)
+    if problems:
+        common.fail("; ".join(problems))
+    why = common.unwritable(args.out)
+    if why:
+        common.fail(f"--out {args.out} is not a writable directory ({why})")
+    print(common.device_line(), flush=True)
     return {t: reproduce(t, args) for t in tables}
 
 
+def failed_cells(results: dict) -> list[str]:
+    return [f"{t} | {c['row']} | {c['column']}: {c['status']}" for t, r in results.items()
+            for c in r["cells"] if c["status"].startswith("failed")]
+
+
 if __name__ == "__main__":
-    main()
+    failed = failed_cells(main())
+    if failed:
+        print(f"[reproduce] {len(failed)} cell(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+    sys.exit(1 if failed else 0)

@@ -21,7 +21,7 @@ same run. Writes JSON (--json) and a markdown table (--md, default next to the J
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -145,11 +145,13 @@ def torch_round(w: dict, repeats: int, *, device: str = "auto", compile: bool = 
             **r}
 
 
-def flower_round(w: dict, repeats: int) -> dict | None:
+def flower_round(w: dict, repeats: int) -> dict:
     from benchmarks import flower_reference
 
-    if not flower_reference.available():
-        return None
+    if not flower_reference.available():  # said in the table, not dropped without a word
+        missing = [m for m in ("flwr", "ray", "torch") if importlib.util.find_spec(m) is None]
+        return {"name": "flower-simulation", "kind": "peer",
+                "error": f"skipped: {', '.join(missing)} not installed (pip install 'flwr[simulation]')"}
     steps = w["steps"] or w["epochs"] * -(-w["samples"] // w["batch"])
     r = flower_reference.time_round(w["clients"], steps, w["batch"], w["image"], w["channels"],
                                     w["classes"], repeats=repeats)
@@ -181,7 +183,10 @@ TABLE_COLUMNS = ["name", "compile_seconds", "sec_per_round", "rounds_per_sec", "
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import common
+
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="cpu")
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--md", default=None, help="markdown table path (default: JSON path with .md)")
@@ -189,7 +194,9 @@ def main(argv=None):
     p.add_argument("--conv-impls", default="im2col,winograd")
     p.add_argument("--compute-dtypes", default="float32", help="comma list of float32,bfloat16")
     p.add_argument("--client-chunk", type=int, default=2, help="clients per chunk for the chunked strategy")
-    p.add_argument("--peers", default="torch,flower", help="comma list of torch,torch-compile,flower or 'none'")
+    p.add_argument("--peers", default="torch,flower",
+                   help="comma list of torch,torch-compile,flower or 'none' (flower needs flwr[simulation]; "
+                        "without it the table says it was skipped)")
     p.add_argument("--torch-device", default="auto", help="the PyTorch peer's device (auto: cuda if available)")
     p.add_argument("--torch-compile-backend", default="inductor")
     p.add_argument("--critical-path", action="store_true", help="also time the largest client alone")
@@ -200,9 +207,11 @@ def main(argv=None):
     if args.host_devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import common
-
+    peers = [] if args.peers == "none" else args.peers.split(",")
+    unknown = sorted(set(peers) - {"torch", "torch-compile", "flower"})
+    if unknown:
+        p.error(f"--peers: unknown {unknown}; allowed: torch, torch-compile, flower or none")
+    print(common.device_line(), flush=True)
     w = WORKLOADS[args.workload]
     results = []
     for strategy in args.strategies.split(","):
@@ -217,7 +226,6 @@ def main(argv=None):
         r = critical_path_round(args.conv_impls.split(",")[0], w, args.repeats)
         print(f"{r['name']}: {r['sec_per_round']:.3f} s/round", flush=True)
         results.append(r)
-    peers = [] if args.peers == "none" else args.peers.split(",")
     if w.get("dirichlet"):
         peers = []  # the peers train equal clients only
     for peer, compiled in (("torch", False), ("torch-compile", True)):
@@ -230,8 +238,9 @@ def main(argv=None):
             results.append(r)
     if "flower" in peers:
         r = flower_round(w, args.repeats)
-        if r is not None:
-            results.append(r)
+        if "error" in r:
+            print(f"{r['name']}: {r['error']}", flush=True)
+        results.append(r)
     ceiling = common.matmul_ceiling_flops("jax")
     out = {"device": common.device_info(), "workload": {"name": args.workload, **w},
            **summarize(results, w, ceiling), "results": results}
@@ -240,6 +249,7 @@ def main(argv=None):
     Path(args.md or path.with_suffix(".md")).write_text(table + "\n")
     print(table)
     print(f"best fastjax: {out['best_fastjax']}; ratio vs PyTorch loop: {out['ratio_vs_torch']}")
+    print(common.device_line(out["device"]))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The weights are random (no checkpoint download here): throughput does not depend
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -130,7 +129,10 @@ def run(arch: dict, n_images: int, batch: int, dtype: str, image_px: int = 32, a
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common
+
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("--images", type=int, default=16384)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
@@ -139,8 +141,7 @@ def main(argv=None):
     p.add_argument("--torch-compile", action="store_true")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import common
+    print(common.device_line(), flush=True)
 
     out = {"device": common.device_info(),
            **run(TINY if args.tiny else BASE_224, args.images, args.batch, args.dtype,

@@ -17,10 +17,8 @@ prints `time_round(...)` as JSON.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
-import json
 import pathlib
 import sys
 import time
@@ -266,7 +264,7 @@ def time_round(num_clients: int, steps: int, batch_size: int, image_size: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
@@ -285,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         channels=args.channels, num_classes=args.classes, repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, device=args.device,
                         compile=args.compile, compile_backend=args.compile_backend)
-    print(json.dumps(result, indent=2))
+    scalars = [k for k, v in result.items() if not isinstance(v, (list, dict))]
+    print(common.markdown_table([result], scalars))
+    print(common.device_line())
 
 
 if __name__ == "__main__":
