@@ -1,7 +1,7 @@
 """Loads a dataset, partitions it over clients, prints and writes the partition report.
 
     python -m fastjax.data --dataset cifar10 --partition dirichlet --alpha 0.1 \\
-        --clients 10 --data-root /work/shared/data --out runs/part [--seed 0] \\
+        --clients 10 --data-root $FASTJAX_DATA_ROOT --out runs/part [--seed 0] \\
         [--seed-fraction 0.01]
 
 writes runs/part/partition.json (per-client class counts under `class_counts`) and
@@ -12,6 +12,7 @@ read with one line `fastjax: error: ...` and exit code 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import math
 import sys
@@ -33,6 +34,17 @@ class _Parser(argparse.ArgumentParser):
         print(f"fastjax: error: {message} (see python -m fastjax.data --help)",
               file=sys.stderr)
         sys.exit(2)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring's layout, and each option's default in --help (argparse's own
+    ArgumentDefaultsHelpFormatter skips options without help and prints `None`)."""
+
+    def _format_action(self, action):
+        if action.option_strings and not any(action.default is x for x in (None, False, argparse.SUPPRESS)):
+            action = copy.copy(action)
+            action.help = (action.help + " " if action.help else "") + "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
@@ -62,8 +74,7 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fastjax.data", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m fastjax.data", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--partition", default="dirichlet", choices=sorted(PARTITIONS))
     p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration")
