@@ -156,6 +156,9 @@ def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, unit="img", unit_scale=True, desc=f"embed[{encoder.name}]")
+        # Said before the work starts: on a CPU this can take hours.
+        bar.write(f"embedding {n} images with {encoder.name} at {encoder.image_size} px "
+                  f"in batches of {bs}; an estimate follows the first batch")
     t0 = time.perf_counter()
     t_first = None
     pending = None  # (start, count, device result): fetch one batch behind dispatch
@@ -173,6 +176,9 @@ def embed(encoder: core.Encoder, images_uint8: np.ndarray, *, batch_size: int = 
         if t_first is None:
             jax.block_until_ready(result)
             t_first = time.perf_counter()
+            if bar is not None and n > bs:  # compile included: an upper bound
+                bar.write(f"first batch of {bs} in {t_first - t0:.1f} s (compile included): at most "
+                          f"about {(t_first - t0) * n / bs / 60:.1f} min for all {n} images")
         pending = (start, count, result)
     s, c, r = pending
     out[s:s + c] = np.asarray(r)[:c]
