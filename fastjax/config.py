@@ -149,12 +149,109 @@ def base_config() -> ml_collections.ConfigDict:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
     """A config saved as JSON (a work directory's config.json, a Flower message):
-    `base_config()` updated with its values; a key this version lacks is refused."""
+    `base_config()` updated with its values; a key this version lacks is refused.
+    config.json's records beside the config (input digests, provenance) are not config."""
     import json
 
+    from fastjax.federate.checkpoints import INPUTS_KEY, PROVENANCE_KEY
+
+    values = json.loads(text)
+    for key in (INPUTS_KEY, PROVENANCE_KEY):
+        values.pop(key, None)
     c = base_config()
-    c.update(json.loads(text))
+    c.update(values)
     return c
+
+
+def defaults() -> dict:
+    """The defaults as a plain nested dict (what a work directory's config.json holds)."""
+    from fastjax.federate.checkpoints import config_dict
+
+    return config_dict(base_config())
+
+
+def run_inputs(config, workdir) -> dict:
+    """What the run's results depend on besides its config, by file name in the work
+    directory -> digest (None while absent): the person's annotations, when they are the
+    oracle. Part of the run's identity (`RunDir.open`)."""
+    if config.method == "fast" and config.labeling.oracle == "annotations":
+        from fastjax.label.annotate import ANNOTATIONS_CSV, annotations_digest
+
+        return {ANNOTATIONS_CSV: annotations_digest(workdir)}
+    return {}
+
+
+def provenance() -> dict:
+    """Where and with what a run ran: fastjax's version, its git commit (None outside a
+    git checkout or without git), the JAX version and device kind, the date (UTC).
+    Recorded in config.json and summary.json, never compared."""
+    import datetime
+    import subprocess
+    from pathlib import Path
+
+    import jax
+
+    import fastjax
+
+    commit = None
+    src = Path(fastjax.__file__).resolve().parent.parent
+    if (src / ".git").exists():
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True,
+                                 text=True, timeout=10)
+            commit = (out.stdout.strip() or None) if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    try:
+        device = jax.devices()[0].device_kind
+    except RuntimeError:  # no usable backend: still record the rest
+        device = None
+    return {"fastjax": fastjax.__version__, "git_commit": commit, "jax": jax.__version__,
+            "device": device,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def open_run(workdir, config, *, extendable=None, record_provenance: bool = True):
+    """`RunDir.open` with what the config module knows: the defaults, the sections the
+    method never reads, the run's inputs (annotations) and its provenance."""
+    from fastjax.federate.checkpoints import RunDir
+
+    return RunDir.open(workdir, config, extendable=extendable, ignore=unread_sections(config),
+                       defaults=defaults(), inputs=run_inputs(config, workdir),
+                       provenance=provenance() if record_provenance else None)
+
+
+def unused_keys(config) -> list[str]:
+    """`key=value` of the keys the chosen method never reads that differ from their
+    defaults (a setting that changes nothing, likely meant for the other method)."""
+    from fastjax.federate.checkpoints import config_dict, flatten
+
+    sections = unread_sections(config)
+    now, base = flatten(config_dict(config)), flatten(defaults())
+    return [f"{k}={v!r}" for k, v in sorted(now.items()) if k.startswith(sections) and v != base.get(k)]
+
+
+def config_help() -> str:
+    """Every key with its default, its allowed values (where they come from a list) and
+    the comment beside it in `base_config`: the text of `fastjax.main --config_help`."""
+    import inspect
+    import re
+
+    from fastjax.federate.checkpoints import flatten
+
+    notes = {}
+    for m in re.finditer(r"^\s*c\.([\w.]+) = .*?#\s*(.*)$", inspect.getsource(base_config), re.M):
+        notes[m.group(1)] = m.group(2).strip()
+    allowed = choices()
+    lines = []
+    for key, value in flatten(defaults()).items():
+        line = f"{key} = {value!r}"
+        if key in allowed:
+            line += f"  [{' | '.join(map(str, allowed[key]))}]"
+        if key in notes:
+            line += f"  # {notes[key]}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def train_spec(config):
@@ -182,50 +279,69 @@ def weak_label_policy(config):
                            soft_temperature=lab.soft_temperature)
 
 
-def validate(config) -> None:
-    """Check every option before any compute; one error lists every problem found."""
+def choices() -> dict[str, tuple]:
+    """Every key whose value comes from a list -> that list (the registries' names)."""
+    from fastjax import active
+    from fastjax.active import presets
     from fastjax.data import DATASETS
     from fastjax.encode import ENCODERS
+    from fastjax.federate.aggregators import AGGREGATORS
     from fastjax.federate.models import CONV_IMPLS, MODELS
     from fastjax.label import NORMALIZE, UNCERTAINTY
     from fastjax.partition import PARTITIONS, ROUNDINGS
 
+    return {
+        "method": ("fast", "active"),
+        "data.name": tuple(DATASETS),
+        "partition.scheme": tuple(PARTITIONS),
+        "partition.rounding": tuple(ROUNDINGS),
+        "seed_labels.mode": ("balanced", "random"),
+        "encoder.name": tuple(ENCODERS),
+        "encoder.dtype": ("float32", "bfloat16"),
+        "labeling.measure": tuple(UNCERTAINTY),
+        "labeling.normalize": tuple(NORMALIZE),
+        "labeling.score_source": ("prototype", "knn_votes"),
+        "labeling.strategy": ("uncertainty", "random"),
+        "labeling.labeled_source": ("shared", "own"),
+        "labeling.budget_of": ("train", "pool"),
+        "labeling.filter": ("none", "drop", "weight"),
+        "labeling.filter_by": ("vote_share", "proto_margin"),
+        "labeling.where": LABEL_WHERE,
+        "labeling.merge": LABEL_MERGES,
+        "labeling.tie_break": ("nearest", "lowest_class"),
+        "labeling.oracle": ORACLES,
+        "model.name": tuple(MODELS),
+        "model.conv_impl": tuple(CONV_IMPLS),
+        "train.aggregator": tuple(AGGREGATORS),
+        "active.preset": ("",) + tuple(presets.PRESETS),
+        "active.strategy": tuple(active.STRATEGIES),
+        "active.reset": presets.RESETS,
+        "active.query_model": presets.QUERY_MODELS,
+        "active.logo_query_models": presets.LOGO_QUERY_MODELS,
+        "active.kafal_partner": ("single", "permuted"),
+    }
+
+
+def validate(config) -> None:
+    """Check every option before any compute; one error lists every problem found."""
+    from fastjax.federate.checkpoints import config_dict, flatten
+
     errs = []
-
-    def choice(key, value, allowed):
-        if value not in allowed:
-            errs.append(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}")
-
-    choice("data.name", config.data.name, DATASETS)
-    choice("partition.scheme", config.partition.scheme, PARTITIONS)
-    choice("partition.rounding", config.partition.rounding, ROUNDINGS)
-    choice("seed_labels.mode", config.seed_labels.mode, ("balanced", "random"))
-    choice("encoder.name", config.encoder.name, ENCODERS)
-    choice("encoder.dtype", config.encoder.dtype, ("float32", "bfloat16"))
-    choice("labeling.measure", config.labeling.measure, UNCERTAINTY)
-    choice("labeling.normalize", config.labeling.normalize, NORMALIZE)
-    choice("labeling.score_source", config.labeling.score_source, ("prototype", "knn_votes"))
-    choice("labeling.strategy", config.labeling.strategy, ("uncertainty", "random"))
-    choice("labeling.labeled_source", config.labeling.labeled_source, ("shared", "own"))
-    choice("labeling.budget_of", config.labeling.budget_of, ("train", "pool"))
-    choice("labeling.filter", config.labeling.filter, ("none", "drop", "weight"))
-    choice("labeling.filter_by", config.labeling.filter_by, ("vote_share", "proto_margin"))
-    choice("labeling.where", config.labeling.where, LABEL_WHERE)
-    choice("labeling.merge", config.labeling.merge, LABEL_MERGES)
-    choice("labeling.tie_break", config.labeling.tie_break, ("nearest", "lowest_class"))
-    choice("labeling.oracle", config.labeling.oracle, ORACLES)
-    choice("model.name", config.model.name, MODELS)
-    choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
-    choice("method", config.method, ("fast", "active"))
+    flat = flatten(config_dict(config))
+    for key, allowed in choices().items():
+        # The loop's and the rounds' keys: `config_errors` and `TrainSpec.validate` below.
+        if key.split(".")[0] not in ("active", "train") and flat[key] not in allowed:
+            errs.append(f"{key}={flat[key]!r} is not allowed; choose one of {sorted(allowed)}")
     if config.method == "fast" and config.labeling.merge not in ("weak", "seed") and \
             config.labeling.budget_of == "train" and \
             config.seed_labels.fraction + config.labeling.budget > 1:
         errs.append(f"seed_labels.fraction={config.seed_labels.fraction} + labeling.budget="
                     f"{config.labeling.budget} exceed the whole training set; lower one of them")
-    if config.method == "active":
-        from fastjax.active.presets import config_errors
+    # The loop's section is checked under either method: a typo in a key the method does
+    # not read is still a typo (main warns that such keys are unused).
+    from fastjax.active.presets import config_errors
 
-        errs.extend(config_errors(config))
+    errs.extend(config_errors(config))
     if config.partition.num_clients < 1:
         errs.append(f"partition.num_clients={config.partition.num_clients} must be >= 1")
     if config.partition.scheme == "dirichlet" and not config.partition.alpha > 0:

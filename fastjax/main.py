@@ -3,6 +3,7 @@
     python -m fastjax.main --config configs/cifar10.py --workdir runs/cifar10 \
         [--config.train.rounds=5 ...]
     python -m fastjax.main --config configs/cifar10_active.py:logo --config.active.strategy=badge
+    python -m fastjax.main --config_help     # every key, its default and allowed values
 
 `config.method` chooses FAST's one-shot job (`fastjax.methods.fast`) or the iterative
 federated active-learning loop it is compared against (`fastjax.methods.active`). Both
@@ -11,12 +12,14 @@ write config.json, metrics.jsonl, checkpoints/ and summary.json into the work di
 Before any compute the config is validated, the encoder weights are located, the work
 directory is locked and compared with the run it already holds (a difference in a
 result-relevant key is refused), and its latest checkpoint is read back (a damaged one
-is set aside for the previous one). Re-running the same command resumes.
+is set aside for the previous one). Re-running the same command resumes; re-running a
+finished run prints its summary without loading anything.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sys
@@ -35,25 +38,54 @@ def _extendable(config, workdir: Path):
 
     if config.method != "active":
         return None  # RunDir's default: train.rounds, unless the lr schedule depends on it
-    rows = MetricsLog(workdir / "metrics.jsonl").read() if (workdir / "config.json").exists() else []
+    rows = (MetricsLog(workdir / "metrics.jsonl").read(warn=False)
+            if (workdir / "config.json").exists() else [])
     return {"active.rounds": int(rows[-1].get("al_round", 0)) if rows else 0}
 
 
-def run(config, workdir, *, progress: bool = True) -> dict:
-    """Validate, lock and check the work directory, then run the chosen method."""
+def _finished(rundir, config, workdir: Path) -> dict | None:
+    """The summary of this very run when the directory holds it finished (the same
+    result-relevant config, the rounds included, and a complete summary.json), else None."""
+    if not rundir.same_config(config, config_lib.unread_sections(config), defaults=config_lib.defaults()):
+        return None
+    try:
+        summary = json.loads((workdir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == "done" else None
+
+
+def run(config, workdir, *, progress: bool = True, **method_options) -> dict:
+    """Validate, lock and check the work directory, then run the chosen method. A
+    directory holding this run finished answers with its summary at once.
+    method_options: passed on to the method's run (a sweep's fit_fn)."""
     from fastjax.federate import checkpoints
+    from fastjax.methods.common import log, summary_line
 
     config_lib.validate(config)
+    unused = config_lib.unused_keys(config)
+    if unused:
+        warnings.warn(f"method={config.method!r} never reads {', '.join(unused)}: unused "
+                      "(a setting of the other method?)", stacklevel=2)
     config_lib.check_files(config)
     workdir = Path(workdir)
-    with checkpoints.RunDir.open(workdir, config, extendable=_extendable(config, workdir),
-                                 ignore=config_lib.unread_sections(config)):
+    with config_lib.open_run(workdir, config, extendable=_extendable(config, workdir)) as rundir:
+        done = _finished(rundir, config, workdir)
+        if done is not None:
+            log(f"{workdir} holds this run, finished: {summary_line(done, workdir)}")
+            return done
         if (workdir / "checkpoints").exists():
             store = checkpoints.Checkpoints(workdir / "checkpoints")
-            store.validate()
-            store.close()
+            try:  # one covered by metrics.jsonl, read back whole
+                store.validate(checkpoints.MetricsLog(workdir / "metrics.jsonl"))
+            finally:
+                store.close()
         method = importlib.import_module(METHODS[config.method])
-        return method.run(config, workdir, progress=progress)
+        summary = method.run(config, workdir, progress=progress, **method_options)
+        if "status" not in summary:  # finished (not waiting for a person)
+            summary = {"status": "done", **summary, "provenance": config_lib.provenance()}
+            checkpoints.atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 def _error(msg: str, code: int = 2, *, hard: bool = False):
@@ -81,6 +113,20 @@ def _flag_error(e: Exception, args) -> str:
     return msg
 
 
+def _config_file_error(spec: str | None) -> str | None:
+    """What is wrong with `--config FILE.py[:preset]` before it is loaded, or None."""
+    if not spec:
+        return None
+    path, colon, preset = spec.partition(":")
+    if not Path(path).is_file():
+        return (f"config file {path} not found" + (" (it is a directory)" if Path(path).is_dir() else "")
+                + "; give one of configs/*.py, e.g. --config configs/demo.py")
+    if colon and not preset.strip():
+        return (f"--config {spec} names no preset after ':'; name one "
+                f"(e.g. --config {path}:logo) or drop the ':'")
+    return None
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -88,12 +134,14 @@ def main(argv=None):
     config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:preset]", lock_config=True)
     flags.DEFINE_string("workdir", None, "work directory (default: runs/<config name>)")
     flags.DEFINE_bool("progress", True, "show progress bars")
+    flags.DEFINE_bool("config_help", False, "print every config key with its default and "
+                      "allowed values, then exit")
 
     def parse(args):
         try:
             return flags.FLAGS(args)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-            _error(f"{_flag_error(e, args)} (every option: fastjax/config.py)")
+            _error(f"{_flag_error(e, args)} (every option: --config_help)")
 
     def _main(_):
         from absl import logging
@@ -102,10 +150,20 @@ def main(argv=None):
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         warnings.formatwarning = lambda message, *_a, **_k: f"fastjax: warning: {message}\n"
-        cfg = flags.FLAGS.config
+        if flags.FLAGS.config_help:
+            print(config_lib.config_help())
+            return
+        spec = flags.FLAGS["config"].config_filename
+        why = _config_file_error(spec)
+        if why is not None:
+            _error(why)
+        try:
+            cfg = flags.FLAGS.config
+        except OSError as e:  # the file exists but does not load (its own error, wrapped)
+            _error(_flag_error(e, []))
         if cfg is None:
-            _error("--config is required, e.g. --config configs/demo.py")
-        name = Path(flags.FLAGS["config"].config_filename.split(":")[0]).stem
+            _error("--config is required, e.g. --config configs/demo.py (every key: --config_help)")
+        name = Path(spec.split(":")[0]).stem
         workdir = flags.FLAGS.workdir or os.path.join("runs", name)
         from fastjax import compile_cache
 

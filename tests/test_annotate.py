@@ -2,6 +2,10 @@
 bad annotation file fails with one line naming the file and the line."""
 
 import csv
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +45,8 @@ def test_query_files_round_trip(workdir):
     assert all(r["label"] == "" for r in rows)
     # Contact sheet: tile j (10 per row, 96 px + 14 px caption) shows image sample_id[j].
     sheet = np.asarray(Image.open(workdir / "query_sheet_000.png"))
-    assert sheet.shape == (96 + 14, 10 * 96, 3)
+    assert sheet.shape[1:] == (10 * 96, 3) and sheet.shape[0] > 96 + 14  # a footer under the tiles
+    assert not (sheet[96 + 14:] == 255).all()  # ... with text in it
     for j, sid in enumerate([7, 3, 9, 5]):
         assert (sheet[10:80, j * 96 + 10: j * 96 + 80] == 20 * sid).all()
 
@@ -78,7 +83,9 @@ def test_import_fills_the_oracle_and_merges(workdir):
     (("sample_id", "label"), [[7, "3"]], r"bad.csv line 2: label '3' is neither .* \[0, 3\)"),
     (("sample_id", "label"), [[7, "-1"]], r"bad.csv line 2: label '-1'"),
     (("sample_id", "label"), [[7, 1], [3, 1], [9, 1], [5, 1], [1, 1], [1, 1]],
-     r"bad.csv line 7: 6 rows but the labeling budget is 5"),
+     r"bad.csv line 7: more rows than the labeling budget of 5"),
+    (("sample_id", "label"), [[7, "0_1"]], r"bad.csv line 2: label '0_1' is neither"),
+    (("sample_id", "label"), [["0_7", "cat"]], r"bad.csv line 2: sample_id '0_7' is not an integer"),
     (("id", "label"), [[7, 1]], r"bad.csv: line 1 lacks the column\(s\) \['sample_id'\]"),
     (("client", "sample_id", "label"), [[1, 7, "cat"]], r"bad.csv line 2: sample_id 7 belongs to client 0"),
     (("sample_id", "label"), [["x7", "cat"]], r"bad.csv line 2: sample_id 'x7' is not an integer"),
@@ -107,9 +114,10 @@ def test_annotation_oracle_writes_the_query_until_annotated(tmp_path):
     assert oracle.query(np.array([4, 2])).tolist() == [0, 1]
     # A different query (the config changed): written anew, old annotations set aside.
     q2 = annotate.make_query([np.array([2, 5])], NAMES)
-    assert annotate.annotation_oracle(tmp_path, q2, images[[2, 5]], np.zeros(10)) is None
+    with pytest.warns(UserWarning, match=r"set aside annotations.csv as .*annotations.stale-"):
+        assert annotate.annotation_oracle(tmp_path, q2, images[[2, 5]], np.zeros(10)) is None
     assert annotate.read_query(tmp_path).sample_id.tolist() == [2, 5]
-    assert (tmp_path / "annotations.stale.csv").exists()
+    assert len(list(tmp_path.glob("annotations.stale-*.csv"))) == 1
     assert not (tmp_path / "annotations.csv").exists()
 
 
@@ -128,3 +136,106 @@ def test_a_file_that_is_not_utf8_names_itself(workdir):
     with pytest.raises(ValueError, match=r"latin1.csv: not UTF-8 text .* save the annotations as CSV UTF-8"):
         annotate.import_annotations(path, workdir)
     assert not (workdir / "annotations.csv").exists()
+
+
+def _fill_sorted(workdir, labels):
+    """The annotator's query.csv: labels filled, rows sorted by sample id (a spreadsheet)."""
+    rows = sorted(csv.DictReader(open(workdir / "query.csv")), key=lambda r: int(r["sample_id"]))
+    for r in rows:
+        r["label"] = labels[int(r["sample_id"])]
+    _write(workdir / "query.csv", annotate.QUERY_COLUMNS, [[r[c] for c in annotate.QUERY_COLUMNS] for r in rows])
+
+
+def test_a_sorted_query_csv_keeps_its_annotations(workdir):
+    images = np.zeros((5, 8, 8, 3), np.uint8)
+    q = annotate.read_query(workdir)
+    _fill_sorted(workdir, {7: "dog", 3: "cat", 9: "frog", 5: "cat", 1: "dog"})
+    annotate.import_annotations(workdir / "query.csv", workdir)
+    before = (workdir / "query.csv").read_text()
+    # The job's next run decides the same query (in its own order): it is the same query,
+    # the annotations stand, and the filled query.csv is not overwritten, not even on export.
+    oracle = annotate.annotation_oracle(workdir, q, images, np.zeros(12))
+    assert oracle.query(np.array([1, 3, 5, 7, 9])).tolist() == [1, 0, 0, 1, 2]
+    assert annotate.refresh_query(workdir, q, images, rewrite=True) is True
+    assert (workdir / "query.csv").read_text() == before
+    assert annotate.read_query(workdir).sample_id.tolist() == [7, 3, 9, 5, 1]  # the stored copy
+
+
+def test_another_query_sets_aside_filled_files_naming_them(workdir):
+    _fill_sorted(workdir, {7: "dog", 3: "cat", 9: "frog", 5: "cat", 1: "dog"})
+    annotate.import_annotations(workdir / "query.csv", workdir)
+    q2 = annotate.make_query([np.array([2, 4])], NAMES)
+    with pytest.warns(UserWarning) as seen:
+        assert annotate.refresh_query(workdir, q2, np.zeros((2, 8, 8, 3), np.uint8)) is False
+    assert len(seen) == 1
+    msg = str(seen[0].message)
+    kept = list(workdir.glob("query.earlier-*.csv")) + list(workdir.glob("annotations.stale-*.csv"))
+    assert len(kept) == 2 and all(str(p) in msg for p in kept)
+    assert "dog" in kept[0].read_text()  # the person's work, intact
+    assert annotate.read_query(workdir).sample_id.tolist() == [2, 4]
+
+
+def test_a_huge_file_is_refused_without_reading_it_whole(workdir):
+    """Reading stops one row past the budget: bytes far beyond it are never decoded."""
+    path = workdir / "huge.csv"
+    rows = "".join(f"{i},cat\n" for i in range(100, 30100))  # ~300 KB of rows ...
+    path.write_bytes(f"sample_id,label\n7,dog\n{rows}".encode() + b"\xff\xfe,bad\n")  # ... then not UTF-8
+    with pytest.raises(ValueError, match=r"huge.csv line 7: more rows than the labeling budget of 5"):
+        annotate.read_annotations(path, annotate.read_query(workdir))
+
+
+def test_contact_sheets_name_their_clients_and_the_classes(workdir):
+    """The footer is text: compare the rendered pixels with PIL drawing the expected
+    key (an independent rendering of the same words)."""
+    from PIL import ImageDraw
+
+    q = annotate.read_query(workdir)
+    footers = annotate._sheet_footers(q, 4)
+    assert footers[0].startswith("query_sheet_000.png: samples of clients 0, 2")
+    assert footers[1].startswith("query_sheet_001.png: samples of client 2 ")
+    assert all("0 cat, 1 dog, 2 frog" in f for f in footers)
+    sheet = Image.open(workdir / "query_sheet_001.png").convert("RGB")
+    ref = Image.new("RGB", sheet.size, "white")
+    draw = ImageDraw.Draw(ref)
+    for j, line in enumerate(textwrap.wrap(footers[1], 10 * 96 // 6 - 2)):
+        draw.text((2, 110 + j * 14), line, fill="black")
+    assert (np.asarray(sheet)[110:] == np.asarray(ref)[110:]).all()
+
+
+def test_changed_annotations_stop_the_resume_and_import_takes_the_lock(workdir):
+    from fastjax import config as config_lib
+    from fastjax.federate import checkpoints
+
+    c = config_lib.base_config()
+    c.unlock()
+    c.labeling.oracle = "annotations"
+    c.lock()
+    with config_lib.open_run(workdir, c):
+        pass  # the export (config.json written, nothing annotated yet)
+    annotate.import_annotations(_write(workdir / "a.csv", ("sample_id", "label"),
+                                       [[7, "dog"], [3, "cat"], [9, "cat"], [5, "cat"], [1, "cat"]]), workdir)
+    digest = annotate.annotations_digest(workdir)
+    with config_lib.open_run(workdir, c):
+        (workdir / "metrics.jsonl").write_text('{"round": 1}\n')  # trained on them
+    annotate.import_annotations(_write(workdir / "b.csv", ("sample_id", "label"), [[9, "frog"]]), workdir)
+    assert annotate.annotations_digest(workdir) != digest
+    with pytest.raises(checkpoints.RunMismatchError, match=r"annotations.csv changed since this run trained"):
+        config_lib.open_run(workdir, c)
+    # `fastjax.label import` holds the work directory's lock while it merges.
+    root = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        fd = os.open({str(workdir / checkpoints.LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"pid {{os.getpid()}}".encode())
+        print("LOCKED", flush=True)
+        time.sleep(60)""")], stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert holder.stdout.readline().strip() == "LOCKED"
+        out = subprocess.run([sys.executable, "-m", "fastjax.label", "import", str(workdir / "b.csv"),
+                              f"--workdir={workdir}"], cwd=root, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 2 and f"is in use by pid {holder.pid}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -229,14 +229,129 @@ def test_sections_the_method_does_not_read_are_not_compared(tmp_path):
 def test_a_key_added_since_the_run_started_is_no_difference_at_its_default(tmp_path):
     """A work directory from before a config key existed resumes while the key keeps its
     default (the behaviour from before); set to anything else, it is a difference."""
-    with checkpoints.RunDir.open(tmp_path, _config()):
+    with config_lib.open_run(tmp_path, _config()):
         pass
     (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
     stored = json.loads((tmp_path / "config.json").read_text())
     del stored["labeling"]["soft_temperature"]  # as if written before the key was added
     (tmp_path / "config.json").write_text(json.dumps(stored))
-    with checkpoints.RunDir.open(tmp_path, _config()):
+    with config_lib.open_run(tmp_path, _config()):
         pass
     (tmp_path / "config.json").write_text(json.dumps(stored))
     with pytest.raises(checkpoints.RunMismatchError, match=r"labeling\.soft_temperature: '<absent>' -> 0\.5"):
-        checkpoints.RunDir.open(tmp_path, _config(labeling__soft_temperature=0.5))
+        config_lib.open_run(tmp_path, _config(labeling__soft_temperature=0.5))
+
+
+def test_a_workdir_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(PermissionError, match=r"afile is a file, not a directory"):
+        checkpoints.RunDir.open(tmp_path / "afile", _config())
+
+
+def test_changed_inputs_are_refused_once_rounds_were_trained(tmp_path):
+    """A person's annotations (their digest) are part of the run's identity: they may
+    change before training starts, never after (the rounds run would mix two label sets)."""
+    with checkpoints.RunDir.open(tmp_path, _config(), inputs={"annotations.csv": None}):
+        pass  # the export: the query is out, nothing annotated yet
+    (tmp_path / "annotations.csv").write_text("first")
+    with checkpoints.RunDir.open(tmp_path, _config(), inputs={"annotations.csv": "a" * 64}):
+        pass  # annotated before any round: accepted, recorded
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    with pytest.raises(checkpoints.RunMismatchError) as e:
+        checkpoints.RunDir.open(tmp_path, _config(), inputs={"annotations.csv": "b" * 64})
+    msg = str(e.value)
+    assert "annotations.csv changed since this run trained on it" in msg and "\n" not in msg
+    assert "start afresh" in msg and str(tmp_path / "checkpoints") in msg
+    assert json.loads((tmp_path / "config.json").read_text())["inputs"] == {"annotations.csv": "a" * 64}
+    with checkpoints.RunDir.open(tmp_path, _config(), inputs={"annotations.csv": "a" * 64}):
+        pass  # the same file again resumes
+
+
+def test_provenance_is_recorded_never_compared(tmp_path):
+    prov = config_lib.provenance()
+    assert set(prov) == {"fastjax", "git_commit", "jax", "device", "date"}
+    assert prov["jax"] == jax.__version__ and prov["device"] == jax.devices()[0].device_kind
+    assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
+    with checkpoints.RunDir.open(tmp_path, _config(), provenance=prov):
+        pass
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    other = {**prov, "fastjax": "9.9", "git_commit": None, "device": "elsewhere"}
+    with checkpoints.RunDir.open(tmp_path, _config(), provenance=other):
+        pass  # another version or machine resumes the same run
+    text = (tmp_path / "config.json").read_text()
+    assert json.loads(text)["provenance"] == other
+    assert config_lib.from_json(text).to_dict() == _config().to_dict()  # records are not config
+
+
+def test_provenance_outside_a_git_checkout_is_null(tmp_path, monkeypatch):
+    import fastjax
+
+    (tmp_path / "fastjax").mkdir()
+    monkeypatch.setattr(fastjax, "__file__", str(tmp_path / "fastjax" / "__init__.py"))
+    assert config_lib.provenance()["git_commit"] is None
+
+
+@pytest.fixture(scope="module")
+def finished_fit(tmp_path_factory):
+    """A 4-round run checkpointed at rounds 2 and 4, and how to resume one like it."""
+    model, v, clients, spec = _linear_setup({"rounds": 4, "checkpoint_every": 2})
+    tx, ty = clients.x[0], clients.y[0]
+    run = lambda d: engine.fit(model, v, clients, tx, ty, spec, lambda x: x, workdir=d,  # noqa: E731
+                               progress=False)
+    d = tmp_path_factory.mktemp("finished")
+    return run(d), run, d
+
+
+def _cut_metrics(finished_fit, tmp_path, keep: int):
+    import shutil
+
+    full, run, d = finished_fit
+    shutil.copytree(d, tmp_path / "b")
+    path = tmp_path / "b" / "metrics.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:keep]))
+    return full, run, checkpoints.Checkpoints(tmp_path / "b" / "checkpoints"), checkpoints.MetricsLog(path)
+
+
+def test_a_checkpoint_ahead_of_the_metrics_log_falls_back_to_one_it_covers(finished_fit, tmp_path):
+    full, run, store, log = _cut_metrics(finished_fit, tmp_path, keep=3)  # rows 1-3, checkpoints 2, 4
+    with pytest.warns(UserWarning, match=r"checkpoints/4 is ahead of the metrics log"):
+        assert store.validate(log) == 2
+    store.close()
+    assert list((tmp_path / "b").glob("checkpoints-uncovered-4-*"))
+    resumed = run(tmp_path / "b")
+    jax.tree.map(np.testing.assert_array_equal, full.variables, resumed.variables)
+    assert [r["round"] for r in log.read()] == [1, 2, 3, 4]
+    assert resumed.comm_mib == full.comm_mib
+
+
+def test_a_metrics_log_behind_every_checkpoint_is_refused_naming_it(finished_fit, tmp_path):
+    full, run, store, log = _cut_metrics(finished_fit, tmp_path, keep=1)
+    with pytest.raises(ValueError, match=r"metrics.jsonl holds rows for rounds 1-1 only.*round 2"):
+        store.validate(log)
+    assert store.steps() == [2, 4]  # nothing moved
+    store.close()
+    # The round loop, resuming on its own, refuses too rather than summarise 1 row of 4.
+    with pytest.raises(ValueError, match=r"metrics.jsonl holds rows for rounds 1-1 only.*round 4"):
+        run(tmp_path / "b")
+
+
+def test_metrics_rows_reach_the_disk_before_append_returns(tmp_path, monkeypatch):
+    synced = []
+    real = checkpoints.os.fsync
+    monkeypatch.setattr(checkpoints.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    checkpoints.MetricsLog(tmp_path / "m.jsonl").append({"round": 1})
+    assert synced and (tmp_path / "m.jsonl").read_text() == '{"round": 1}\n'
+
+
+def test_a_torn_last_line_is_reported_once(tmp_path):
+    """Opening the run and resuming both read the log; one warning, from the resume."""
+    import warnings
+
+    with checkpoints.RunDir.open(tmp_path, _config(train__lr_drop_at=0.0)):
+        pass
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"rou')
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with checkpoints.RunDir.open(tmp_path, _config(train__lr_drop_at=0.0)):
+            checkpoints.MetricsLog(tmp_path / "metrics.jsonl").truncate(1)
+    assert sum("dropped a torn last line" in str(w.message) for w in seen) == 1

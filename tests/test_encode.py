@@ -436,7 +436,7 @@ def test_check_weights_default_efficientnet_is_the_wheels_file():
 
 @pytest.mark.parametrize("which,damage", [("npy", "truncate"), ("json", "truncate"),
                                           ("npy", "empty"), ("json", "empty"),
-                                          ("json", "not_an_object")])
+                                          ("json", "not_an_object"), ("npy", "flip")])
 def test_damaged_cache_entry_is_a_miss_and_rewritten(tmp_path, which, damage):
     enc = _toy_encoder()
     images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
@@ -444,8 +444,9 @@ def test_damaged_cache_entry_is_a_miss_and_rewritten(tmp_path, which, damage):
     z = embed(enc, images, batch_size=4, cache_dir=tmp_path, cache_key=key, progress=False)
     (f,) = tmp_path.glob(f"toy-*.{which}")
     blob = f.read_bytes()
+    # flip: 64 bytes of the array inverted; np.load reads them, as other numbers.
     f.write_bytes({"truncate": blob[:len(blob) // 2], "empty": b"",
-                   "not_an_object": b"[1, 2]"}[damage])
+                   "not_an_object": b"[1, 2]", "flip": blob[:-64] + bytes(255 - b for b in blob[-64:])}[damage])
     with pytest.warns(UserWarning, match=f"damaged embedding cache entry .*{f.stem}"):
         z2, stats = embed(enc, images, batch_size=4, cache_dir=tmp_path, cache_key=key,
                           progress=False, return_stats=True)

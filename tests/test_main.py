@@ -114,6 +114,8 @@ def test_fast_job_pixels_cnn4_central_labeling(tmp_path):
     ({"labeling__filter": "drop", "labeling__filter_threshold": 1.2}, "filter_threshold=1.2 is outside"),
     ({"seed": -1}, "seed=-1"),
     ({"seed_labels__fraction": 0.5, "labeling__budget": 0.6}, "seed_labels.fraction=0.5 \\+ labeling.budget=0.6"),
+    # A key of the method not in use is still checked (main warns that it is unused).
+    ({"active__strategy": "badgee"}, "active.strategy='badgee' is not known"),
 ])
 def test_config_errors_before_compute(tmp_path, over, msg):
     with pytest.raises(ValueError, match=msg):
@@ -143,6 +145,7 @@ def test_winograd_is_accepted(tmp_path):
     ("--config.train.rounds=abc", "train.rounds=abc: invalid literal for int() with base 10: 'abc'"),
     ("--config.train.lr_decay=-1", "train.lr_decay"),
     ("--config=configs/cifar10_active.py:nope", "active preset 'nope' is not known"),
+    ("--config=configs/nosuch.py", "config file configs/nosuch.py not found"),
 ])
 def test_cli_errors_are_one_line(tmp_path, arg, msg):
     config = [] if arg.startswith("--config=") else ["--config", "configs/demo.py"]
@@ -163,13 +166,18 @@ def test_cli_ctrl_c_exits_130_without_traceback(tiny_folder, tmp_path):
            f"--config.data.root={tiny_folder}", "--config.partition.scheme=iid",
            "--config.partition.num_clients=2", "--config.train.rounds=50", "--config.train.local_steps=1",
            "--config.train.batch_size=8", "--config.active.rounds=1"]
+    cmd[cmd.index("--config.train.rounds=50")] = "--config.train.rounds=100000"  # never done first
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     seen = []
-    for line in proc.stderr:  # wait until training has started
+    for line in proc.stderr:  # wait until the loop has started ...
         seen.append(line)
         if "AL round 1/1" in line:
             break
-    time.sleep(2)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300  # ... and trained a round: a state, not a time
+    while not (metrics.exists() and metrics.read_text().count("\n")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no round finished in 300 s"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, "".join(seen) + rest
@@ -239,3 +247,67 @@ def test_weak_label_policy_end_to_end(tmp_path):
     q = s["weak_label_quality"]
     assert q["oracle_labeled"] == 60 and q["corrected"] + q["confirmed"] == 60
     assert s["weak_label_policy"]["soft"] is True
+
+
+def test_summary_counts_only_the_rounds_its_schedule_evaluates():
+    """train.rounds raised from 12 to 20 with eval_every=5: round 12 was evaluated as the
+    old last round; one run of 20 rounds evaluates 5, 10, 15, 20 only."""
+    acc = {5: 0.5, 10: 0.6, 12: 0.9, 15: 0.7, 20: 0.8}
+    extended = [{"round": r, **({"accuracy": acc[r]} if r in acc else {})} for r in range(1, 21)]
+    straight = [h for h in extended if h["round"] != 12 or "accuracy" not in h]
+    ref = {"final_accuracy": 0.8, "best_accuracy": 0.8, "last5_accuracy": float(np.mean([0.5, 0.6, 0.7, 0.8]))}
+    assert common.accuracy_summary(extended, 5, 20) == pytest.approx(ref)
+    assert common.accuracy_summary(straight, 5, 20) == pytest.approx(ref)
+
+
+def test_summary_line_of_a_run_without_evaluations_reads_na(tmp_path):
+    line = common.summary_line({"final_accuracy": None, "best_accuracy": None, "comm_mib": None}, tmp_path)
+    assert line.startswith("final accuracy n/a (best n/a") and "n/a MiB" in line
+
+
+def test_keys_of_the_method_not_in_use_are_named_unused(tmp_path):
+    cfg = _small(tmp_path, active__strategy="badge", active__rounds=8,
+                 encoder__checkpoint=str(tmp_path / "no-weights"))
+    assert config_lib.unused_keys(cfg) == ["active.rounds=8", "active.strategy='badge'"]
+    assert config_lib.unused_keys(_small(tmp_path)) == []
+    with pytest.warns(UserWarning, match=r"method='fast' never reads active.rounds=8, "
+                                         r"active.strategy='badge': unused") as seen:
+        with pytest.raises(FileNotFoundError):  # the warning comes first, before any file
+            fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert len(seen) == 1
+
+
+@pytest.mark.filterwarnings("ignore:method='active' never reads")
+def test_a_finished_run_answers_with_its_summary_without_loading_anything(tmp_path):
+    # The loop on a dataset that is not there: only the finished-run check can answer.
+    cfg = _small(tmp_path, method="active", model__name="cnn4", data__name="cifar10",
+                 data__root=str(tmp_path / "no-data"))
+    done = {"status": "done", "method": "active", "final_accuracy": 0.5, "comm_mib": 1.0}
+    with config_lib.open_run(tmp_path / "run", cfg):
+        (tmp_path / "run" / "metrics.jsonl").write_text('{"round": 1}\n')
+        (tmp_path / "run" / "summary.json").write_text(json.dumps(done))
+    assert fast_main.run(cfg, tmp_path / "run", progress=False) == done
+    # Not finished: more AL rounds asked for, or a summary without status "done".
+    more = _small(tmp_path, method="active", model__name="cnn4", data__name="cifar10",
+                  data__root=str(tmp_path / "no-data"), active__rounds=5)
+    for config, summary in ((more, done), (cfg, {**done, "status": "awaiting_annotations"})):
+        (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+        with pytest.raises(FileNotFoundError, match="no-data"):
+            fast_main.run(config, tmp_path / "run", progress=False)
+
+
+def test_config_help_lists_every_key_with_default_and_choices():
+    out = subprocess.run([sys.executable, "-m", "fastjax.main", "--config_help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    from fastjax.federate.checkpoints import flatten
+
+    keys = list(flatten(config_lib.defaults()))
+    assert [l.split(" = ")[0] for l in lines] == keys
+    assert "active.strategy = 'random'  [" in out.stdout and "| badge |" in out.stdout
+
+
+def test_an_empty_preset_is_refused():
+    assert "names no preset after ':'" in fast_main._config_file_error("configs/cifar10_active.py:")
+    assert fast_main._config_file_error("configs/cifar10_active.py:logo") is None

@@ -7,13 +7,16 @@ from ever mixing, lives here rather than in the round loop:
   fails at once naming the process that holds it) and compares the config with the one
   the directory was started with (`config.json`): a difference in any result-relevant
   key is refused before any compute, naming the keys; `config.json` is written only
-  after that check. Extending `train.rounds` stays allowed.
+  after that check. Extending `train.rounds` stays allowed. The caller passes the
+  config's defaults and the digests of the files the run reads besides its config (a
+  person's annotations): this module never reads the config module.
 - `Checkpoints` keeps orbax checkpoints keyed by (global) FL round. `validate()` reads the
   latest one back before any compute; a damaged one is moved aside (its directory named
   in a warning) and the previous one is used.
 - `MetricsLog` is the per-round `metrics.jsonl`: a torn last line (a kill or a full disk
   mid-write) is dropped, and rows after the restored checkpoint are discarded, so a
-  rerun never appends to rounds it is about to redo.
+  rerun never appends to rounds it is about to redo; a log that does not reach the
+  checkpoint is refused (or an earlier checkpoint it covers is used).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
+from fastjax.files import atomic_write_text, unwritable
+
 LOCK_NAME = ".fastjax.lock"
 
 # Keys that do not change a run's results: where files are, how fast or how often
@@ -44,6 +49,11 @@ NON_RESULT_KEYS = frozenset({
 # What a work directory holds once a run has computed something worth protecting (the
 # loop's labeled sets in active/ and a person's annotations included).
 RESULT_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "active", "annotations.csv")
+# What shows that rounds were trained: from then on the run's inputs may not change.
+TRAINED_FILES = ("checkpoints", "metrics.jsonl")
+# config.json's keys beside the config's own: the digests of the files the run read
+# besides its config (compared on resume), and where and with what it ran (never compared).
+INPUTS_KEY, PROVENANCE_KEY = "inputs", "provenance"
 
 
 DIGEST_NAME = "fastjax_digest.json"  # inside each step's directory, beside orbax's files
@@ -71,12 +81,12 @@ class RunMismatchError(ValueError):
     """The work directory holds a different run."""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -87,12 +97,6 @@ def config_dict(config) -> dict:
     if hasattr(config, "to_json_best_effort"):
         return json.loads(config.to_json_best_effort())
     return json.loads(json.dumps(config, default=str))
-
-
-def _defaults() -> dict:
-    from fastjax.config import base_config
-
-    return config_dict(base_config())
 
 
 def config_differences(old: dict, new: dict, extendable: dict[str, int] | None = None,
@@ -108,8 +112,8 @@ def config_differences(old: dict, new: dict, extendable: dict[str, int] | None =
     to fastjax after that run started) is no difference while it keeps its default, the
     value that reproduces the behaviour from before the key existed.
     """
-    a, b = _flatten(old), _flatten(new)
-    d = _flatten(defaults) if defaults else {}
+    a, b = flatten(old), flatten(new)
+    d = flatten(defaults) if defaults else {}
     a.update({k: v for k, v in b.items() if k not in a and k in d and v == d[k]})
     prefixes = tuple(k for k in non_result if k.endswith("."))
     skip = set(non_result)
@@ -127,17 +131,6 @@ def config_differences(old: dict, new: dict, extendable: dict[str, int] | None =
     return diffs
 
 
-def _is_writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
 class RunDir:
     """A locked work directory holding one run. Use `RunDir.open(...)` (or as a context
     manager); `close()` releases the lock (the OS releases it too if the process dies)."""
@@ -145,27 +138,36 @@ class RunDir:
     def __init__(self, workdir: os.PathLike | str):
         self.path = Path(workdir)
         self._lock_fd: int | None = None
+        # config.json's config as found when the directory held results (see `same_config`).
+        self.stored: dict | None = None
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
-    def open(cls, workdir, config, *, extendable=None, ignore=()) -> "RunDir":
+    def open(cls, workdir, config, *, extendable=None, ignore=(), defaults=None, inputs=None,
+             provenance=None) -> "RunDir":
         """Lock `workdir`, check it holds this run (or nothing), then write config.json.
 
         extendable: see `config_differences`; by default `train.rounds` may be raised (or
         lowered to no fewer than the rounds already run) when the learning-rate schedule
         does not depend on it. ignore: more keys or sections ("labeling.") the run does
-        not read.
+        not read. defaults: the config's defaults, nested (`config_differences`).
+        inputs: {file name in workdir: its digest or None}: what the results depend on
+        besides the config (a person's annotations); once rounds have been trained, a
+        changed digest is refused. provenance: recorded in config.json (versions,
+        commit, device, date), never compared.
 
         Raises RunLockedError, RunMismatchError or PermissionError, all before compute.
         """
         run = cls(workdir)
-        if not _is_writable_dir(run.path):
-            raise PermissionError(f"work directory {run.path} is not writable; choose another "
-                                  "--workdir or fix its permissions")
+        why = unwritable(run.path)
+        if why is not None:
+            raise PermissionError(f"work directory {why}; choose another --workdir" if run.path.is_file()
+                                  else f"work directory {run.path} is not writable ({why}); choose "
+                                  "another --workdir or fix its permissions")
         run.lock()
         try:
-            run.check_identity(config, extendable, ignore)
-            run.write_config(config)
+            run.check_identity(config, extendable, ignore, defaults=defaults, inputs=inputs)
+            run.write_config(config, inputs=inputs, provenance=provenance)
         except BaseException:
             run.close()
             raise
@@ -213,7 +215,12 @@ class RunDir:
     def holds_results(self) -> bool:
         return any((self.path / n).exists() for n in RESULT_FILES)
 
-    def check_identity(self, config, extendable=None, ignore=()) -> None:
+    def trained(self) -> bool:
+        """Whether rounds have been trained here (a checkpoint or a metrics row)."""
+        return any((self.path / n).exists() for n in TRAINED_FILES)
+
+    def check_identity(self, config, extendable=None, ignore=(), *, defaults=None,
+                       inputs=None) -> None:
         new = config_dict(config)
         if not self.holds_results():
             return  # nothing to protect (e.g. a first run that failed before computing): rewritten
@@ -224,16 +231,18 @@ class RunDir:
                 f"{self.path} to start afresh")
         try:
             old = json.loads(self.config_path.read_text())
-        except (OSError, ValueError) as e:
+            recorded = old.pop(INPUTS_KEY, None)
+            old.pop(PROVENANCE_KEY, None)
+        except (OSError, ValueError, AttributeError) as e:
             raise RunMismatchError(f"{self.config_path} is unreadable ({e}); delete {self.path} "
                                    "to start afresh or choose another --workdir") from None
         if extendable is None:
             extendable = {}
-            if not _flatten(new).get("train.lr_drop_at"):
+            if not flatten(new).get("train.lr_drop_at"):
                 extendable["train.rounds"] = MetricsLog(self.path / "metrics.jsonl").last_round()
         diffs = config_differences(old, new, extendable, NON_RESULT_KEYS | set(ignore),
-                                   defaults=_defaults())
-        drop_at = _flatten(new).get("train.lr_drop_at")
+                                   defaults=defaults)
+        drop_at = flatten(new).get("train.lr_drop_at")
         if drop_at and "train.rounds" not in extendable:
             diffs = [d + (f" (not extendable: train.lr_drop_at={drop_at} ties the lr schedule to it)"
                           if d.startswith("train.rounds:") else "") for d in diffs]
@@ -242,18 +251,34 @@ class RunDir:
                 f"work directory {self.path} holds a different run ({len(diffs)} result-relevant "
                 f"key(s) differ: {'; '.join(diffs)}); rerun with the same config to resume, "
                 f"choose another --workdir, or delete {self.path} to start afresh")
+        # A directory from before inputs were recorded has nothing to compare with.
+        if inputs and isinstance(recorded, dict) and self.trained():
+            for name, digest in sorted(inputs.items()):
+                if recorded.get(name) != digest:
+                    short = lambda d: d[:12] if d else "none"  # noqa: E731
+                    raise RunMismatchError(
+                        f"{self.path / name} changed since this run trained on it (digest "
+                        f"{short(recorded.get(name))} -> {short(digest)}), and the rounds already "
+                        f"run would mix the two; to train on the new file start afresh by deleting "
+                        f"{self.path / 'checkpoints'} and {self.path / 'metrics.jsonl'} (the "
+                        f"other files stay), or put the earlier {name} back")
+        self.stored = old
 
-    def write_config(self, config) -> None:
-        atomic_write_text(self.config_path, json.dumps(config_dict(config), indent=2) + "\n")
+    def same_config(self, config, ignore=(), *, defaults=None) -> bool:
+        """Whether the directory held results of this very run when opened: no
+        result-relevant key differs, extendable ones (the rounds) included."""
+        if self.stored is None:
+            return False
+        return not config_differences(self.stored, config_dict(config), {},
+                                      NON_RESULT_KEYS | set(ignore), defaults=defaults)
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write_config(self, config, *, inputs=None, provenance=None) -> None:
+        record = config_dict(config)
+        if inputs is not None:
+            record[INPUTS_KEY] = inputs
+        if provenance is not None:
+            record[PROVENANCE_KEY] = provenance
+        atomic_write_text(self.config_path, json.dumps(record, indent=2) + "\n")
 
 
 class MetricsLog:
@@ -262,8 +287,9 @@ class MetricsLog:
     def __init__(self, path: os.PathLike | str):
         self.path = Path(path)
 
-    def read(self) -> list[dict]:
-        """Every complete row; a torn (unparsable) trailing line is ignored."""
+    def read(self, *, warn: bool = True) -> list[dict]:
+        """Every complete row; a torn (unparsable) trailing line is ignored (with a
+        warning unless `warn` is false: a peek before `truncate`, which warns, drops it)."""
         if not self.path.exists():
             return []
         rows = []
@@ -278,24 +304,47 @@ class MetricsLog:
                     raise ValueError(f"{self.path} line {i + 1} is not JSON; the metrics log is "
                                      "damaged beyond its last line: delete the work directory to "
                                      "start afresh") from None
-                warnings.warn(f"{self.path}: dropped a torn last line (an interrupted write)",
-                              stacklevel=2)
+                if warn:
+                    warnings.warn(f"{self.path}: dropped a torn last line (an interrupted write)",
+                                  stacklevel=2)
         return rows
 
     def last_round(self) -> int:
-        rows = self.read()
+        rows = self.read(warn=False)
         return int(rows[-1]["round"]) if rows else 0
 
+    def covered_through(self, rows: list[dict] | None = None) -> int:
+        """The last round r such that the log holds rounds 1 ... r, one row each, in order."""
+        rows = self.read(warn=False) if rows is None else rows
+        r = 0
+        for row in rows:
+            if not isinstance(row, dict) or row.get("round") != r + 1:
+                break
+            r += 1
+        return r
+
     def truncate(self, last_round: int) -> list[dict]:
-        """Keep rows with round <= last_round (the state being resumed); returns them."""
+        """Keep rows with round <= last_round (the state being resumed); returns them.
+        Refuses (naming the file) when they do not cover every round up to last_round:
+        a summary from them would count too few rounds."""
         rows = [r for r in self.read() if r["round"] <= last_round]
+        covered = self.covered_through(rows)
+        if covered < last_round:
+            raise ValueError(
+                f"{self.path} holds rows for rounds 1-{covered} only, but the state being resumed "
+                f"is of round {last_round} (the file was cut or edited); delete "
+                f"{self.path.parent} to start afresh")
         if self.path.exists() or rows:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     def append(self, row: dict) -> None:
+        """One row, on disk before this returns (flushed and synced: the checkpoint
+        written after it must never be ahead of the log)."""
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class Checkpoints:
@@ -318,9 +367,24 @@ class Checkpoints:
         s = self.steps()
         return s[-1] if s else None
 
-    def validate(self) -> int | None:
+    def validate(self, metrics: MetricsLog | None = None) -> int | None:
         """Read the latest checkpoint back; move damaged ones aside (with a warning naming
-        the directory) and fall back to the one before. Returns the usable step or None."""
+        the directory) and fall back to the one before. Returns the usable step or None.
+
+        With `metrics`, a checkpoint ahead of the log's contiguous rows (a cut or edited
+        metrics.jsonl) is set aside too, in favour of an earlier one the log covers; when
+        none is covered, refuses naming the log (nothing is moved)."""
+        if metrics is not None:
+            covered = metrics.covered_through()
+            steps = self.steps()
+            if steps and steps[0] > covered:
+                raise ValueError(
+                    f"{metrics.path} holds rows for rounds 1-{covered} only, but the earliest "
+                    f"checkpoint is of round {steps[0]} (the log was cut or edited): resuming "
+                    f"would report too few rounds; delete {metrics.path.parent} to start afresh")
+            for step in [s for s in steps if s > covered][::-1]:
+                self._quarantine(step, f"{metrics.path.name} holds rows for rounds 1-{covered} only",
+                                 kind="ahead of the metrics log", tag="uncovered")
         while True:
             step = self.latest()
             if step is None:
@@ -344,11 +408,12 @@ class Checkpoints:
             raise CheckpointDigestError(f"its arrays differ from the digest {path.name} written "
                                         "when it was saved")
 
-    def _quarantine(self, step: int, error: Exception) -> None:
+    def _quarantine(self, step: int, error, kind: str = "damaged", tag: str = "damaged") -> None:
         bad = self.directory / str(step)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        aside = self.directory.parent / f"{self.directory.name}-damaged-{step}-{stamp}"
-        msg = (f"checkpoint {bad} is damaged ({type(error).__name__}: {str(error)[:160]}); "
+        aside = self.directory.parent / f"{self.directory.name}-{tag}-{step}-{stamp}"
+        why = f"{type(error).__name__}: {str(error)[:160]}" if isinstance(error, Exception) else error
+        msg = (f"checkpoint {bad} is {kind} ({why}); "
                f"moved it to {aside} and falling back to the previous checkpoint")
         warnings.warn(msg, stacklevel=3)  # once: the CLI prints it as one 'fastjax: warning:' line
         shutil.move(str(bad), str(aside))

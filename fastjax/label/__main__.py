@@ -17,6 +17,7 @@ Without --config, `export` reads the work directory's config.json. See
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 USAGE = ("usage: python -m fastjax.label export --workdir DIR [--config FILE.py ...]\n"
@@ -31,29 +32,36 @@ def _fail(msg: str, code: int = 2):
 def export(config, workdir: Path, progress: bool) -> dict:
     """The FAST job up to the refinement pass's query, written into workdir."""
     from fastjax import config as config_lib
-    from fastjax.federate import checkpoints
     from fastjax.methods import fast
 
-    if config.method != "fast" or config.labeling.oracle != "annotations":
+    missing = [f"--config.{k}={v}" for k, v, now in (("method", "fast", config.method),
+               ("labeling.oracle", "annotations", config.labeling.oracle)) if now != v]
+    if missing:
         raise ValueError(f"export needs method='fast' and labeling.oracle='annotations' (got "
-                         f"{config.method!r}, {config.labeling.oracle!r}); add "
-                         "--config.labeling.oracle=annotations")
+                         f"{config.method!r}, {config.labeling.oracle!r}); add {' '.join(missing)}")
     config_lib.validate(config)
     config_lib.check_files(config)
     from fastjax import compile_cache
 
     compile_cache.enable(config.compilation_cache_dir)  # as the main job: its compiles are shared
-    workdir.mkdir(parents=True, exist_ok=True)
-    with checkpoints.RunDir.open(workdir, config):
+    with config_lib.open_run(workdir, config):
         return fast.run(config, workdir, progress=progress, export_query=True)
 
 
 def import_(path: Path, workdir: Path) -> str:
+    """Merge an annotator's file, holding the work directory's lock (a job running there
+    must not see the annotations change under it)."""
+    from fastjax.federate.checkpoints import RunDir
     from fastjax.label import annotate
 
-    merged = annotate.import_annotations(path, workdir)
-    query = annotate.read_query(workdir)
-    done = len(annotate.read_annotations(merged, query))
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"work directory {workdir} not found: export the query first "
+                                f"(python -m fastjax.label export --workdir {workdir})")
+    with RunDir(workdir) as run:
+        run.lock()
+        merged = annotate.import_annotations(path, workdir)
+        query = annotate.read_query(workdir)
+        done = len(annotate.read_annotations(merged, query))
     rest = (f"; {query.budget - done} still to label in {workdir / annotate.QUERY_CSV}"
             if done < query.budget else "; rerun the job with the same config to train with them")
     return f"merged {path} into {merged}: {done} of {query.budget} queried samples labeled{rest}"
@@ -71,7 +79,10 @@ def main(argv=None):
     def _main(args):
         from absl import logging
 
+        from fastjax.federate.checkpoints import RunLockedError
+
         logging.set_verbosity(logging.WARNING)
+        warnings.formatwarning = lambda message, *_a, **_k: f"fastjax.label: warning: {message}\n"
         f = flags.FLAGS
         verb, rest = (args[1], args[2:]) if len(args) > 1 else ("", [])
         if verb not in ("export", "import") or not f.workdir or (verb == "import") != bool(rest):
@@ -90,7 +101,7 @@ def main(argv=None):
                     raise FileNotFoundError(f"{path} not found; pass --config configs/<experiment>.py")
                 config = config_lib.from_json(path.read_text())
             export(config, workdir, f.progress)
-        except (ValueError, FileNotFoundError, PermissionError) as e:
+        except (ValueError, FileNotFoundError, PermissionError, RunLockedError) as e:
             _fail(" ".join(str(e).split()))
 
     app.run(_main, argv=argv)

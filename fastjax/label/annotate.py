@@ -5,12 +5,15 @@ samples to an oracle. In the simulation that oracle is `fastjax.partition.Oracle
 hidden dataset labels); with a person in the loop it is a CSV the person fills in:
 
   1. `write_query` writes, into a work directory, `query.csv` (one row per queried
-     sample: client, sample_id, position, sheet, label (empty)), `query.json` (budget,
-     class names) and contact sheets `query_sheet_NNN.png` that show each queried image
-     captioned with its sample id.
+     sample: client, sample_id, position (its rank in that client's query, 0 = most
+     uncertain), sheet (the contact sheet showing it), label (empty)), `query.json`
+     (budget, class names, and the query itself: imports are checked against this copy,
+     so the CSV's rows may be sorted or filtered in a spreadsheet) and contact sheets
+     `query_sheet_NNN.png` that show each queried image captioned with its sample id and
+     client, and list the classes.
   2. The annotator fills the `label` column, with a class name or an integer class id
-     (a value equal to a class name is that class; otherwise an integer in [0, C)).
-     Rows left empty are not annotated yet.
+     (a value equal to a class name is that class; otherwise an integer in [0, C), digits
+     only). Rows left empty are not annotated yet.
   3. `import_annotations` validates the file against the query and merges it into
      `annotations.csv` in the work directory (a later import of the same sample
      replaces the earlier label).
@@ -35,13 +38,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
+import hashlib
+import io
 import json
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from fastjax.files import atomic_write_text
 
 QUERY_CSV = "query.csv"
 QUERY_JSON = "query.json"
@@ -84,16 +94,21 @@ def make_query(queried_idx: Sequence[np.ndarray], class_names: Sequence[str],
 
 
 def contact_sheets(images: np.ndarray, captions: Sequence[str], directory: Path, *,
-                   per_sheet: int = 100, cols: int = 10, tile: int = 96) -> list[str]:
-    """PNG grids of `images` (N, H, W, C uint8), each tile captioned; returns file names."""
+                   per_sheet: int = 100, cols: int = 10, tile: int = 96,
+                   footers: Sequence[str] = ()) -> list[str]:
+    """PNG grids of `images` (N, H, W, C uint8), each tile captioned, each sheet ending in
+    its footer text (footers[s], wrapped to the sheet's width); returns file names."""
+    import textwrap
+
     from PIL import Image, ImageDraw
 
     names = []
-    pad = 14  # caption strip under each tile
+    pad = 14  # caption strip under each tile, and the height of a footer line
     for s, start in enumerate(range(0, max(len(images), 1), per_sheet)):
         chunk = images[start:start + per_sheet]
         rows = max(1, math.ceil(len(chunk) / cols))
-        sheet = Image.new("RGB", (cols * tile, rows * (tile + pad)), "white")
+        footer = textwrap.wrap(footers[s], cols * tile // 6 - 2) if s < len(footers) else []
+        sheet = Image.new("RGB", (cols * tile, rows * (tile + pad) + len(footer) * pad), "white")
         draw = ImageDraw.Draw(sheet)
         for i, img in enumerate(chunk):
             img = np.asarray(img, np.uint8)
@@ -102,34 +117,54 @@ def contact_sheets(images: np.ndarray, captions: Sequence[str], directory: Path,
             x, y = (i % cols) * tile, (i // cols) * (tile + pad)
             sheet.paste(pic, (x + 2, y + 2))
             draw.text((x + 2, y + tile), captions[start + i], fill="black")
+        for j, line in enumerate(footer):
+            draw.text((2, rows * (tile + pad) + j * pad), line, fill="black")
         names.append(SHEET.format(s))
         sheet.save(directory / names[-1])
     return names
 
 
-def write_query(query: Query, images: np.ndarray, directory, *, per_sheet: int = 100
-                ) -> Path:
-    """Writes query.csv, query.json and the contact sheets; returns the CSV's path.
+def _sheet_footers(query: Query, per_sheet: int) -> list[str]:
+    """Each sheet's key: whose samples it shows and the labels allowed."""
+    classes = ", ".join(f"{i} {n}" for i, n in enumerate(query.class_names))
+    out = []
+    for start in range(0, max(query.budget, 1), per_sheet):
+        who = sorted(set(query.client[start:start + per_sheet].tolist()))
+        out.append(f"{SHEET.format(len(out))}: samples of client{'s' if len(who) > 1 else ''} "
+                   f"{', '.join(map(str, who)) or '-'} (caption: sample id, c<client>). Label "
+                   f"with a class name or id: {classes}")
+    return out
+
+
+def write_query(query: Query, images: np.ndarray, directory, *, per_sheet: int = 100,
+                write_csv: bool = True) -> Path:
+    """Writes query.csv (unless not `write_csv`), query.json and the contact sheets;
+    returns the CSV's path.
 
     images: the queried images in the query's row order (N, H, W, C) uint8.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    captions = [f"id {i}" for i in query.sample_id.tolist()]
+    captions = [f"id {i} c{c}" for i, c in zip(query.sample_id.tolist(), query.client.tolist())]
     images = np.asarray(images)
     if len(images) != query.budget:
         raise ValueError(f"write_query: {len(images)} images for {query.budget} queried samples")
-    sheets = contact_sheets(images, captions, directory, per_sheet=per_sheet)
+    sheets = contact_sheets(images, captions, directory, per_sheet=per_sheet,
+                            footers=_sheet_footers(query, per_sheet))
     path = directory / QUERY_CSV
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(QUERY_COLUMNS)
-        for i, (c, s, p) in enumerate(zip(query.client.tolist(), query.sample_id.tolist(),
-                                          query.position.tolist())):
-            w.writerow([c, s, p, sheets[i // per_sheet], ""])
+    if write_csv:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(QUERY_COLUMNS)
+            for i, (c, s, p) in enumerate(zip(query.client.tolist(), query.sample_id.tolist(),
+                                              query.position.tolist())):
+                w.writerow([c, s, p, sheets[i // per_sheet], ""])
     meta = {"budget": query.budget, "class_names": list(query.class_names),
             "columns": list(QUERY_COLUMNS),
-            "label": "a class name or an integer class id in [0, C); empty = not annotated"}
+            "label": "a class name or an integer class id in [0, C); empty = not annotated",
+            # The query itself: what imports are checked against (query.csv may be edited).
+            "client": query.client.tolist(), "sample_id": query.sample_id.tolist(),
+            "position": query.position.tolist()}
     (directory / QUERY_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -142,10 +177,27 @@ def read_query(directory) -> Query:
             raise FileNotFoundError(f"{p} not found: write the query first "
                                     f"(python -m fastjax.label export --workdir {directory})")
     meta = json.loads(meta_path.read_text())
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    col = lambda k: np.array([int(r[k]) for r in rows], np.int64)  # noqa: E731
+    if "sample_id" in meta:  # the stored copy (query.csv is the annotator's to edit)
+        col = lambda k: np.asarray(meta[k], np.int64).reshape(-1)  # noqa: E731
+    else:  # exported before query.json held the query
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        col = lambda k: np.array([int(r[k]) for r in rows], np.int64)  # noqa: E731
     return Query(col("client"), col("sample_id"), col("position"), tuple(meta["class_names"]))
+
+
+def _int(text: str) -> int | None:
+    """An integer written as ASCII digits (optionally signed), else None: Python's int()
+    also takes "0_5" (as 5), " ５ " and the like, which no annotator means."""
+    t = text.strip()
+    return int(t) if re.fullmatch(r"[+-]?[0-9]+", t) else None
+
+
+def annotations_digest(workdir) -> str | None:
+    """sha256 of workdir's merged annotations (None while there are none): part of the
+    run's identity, so that a run never resumes on labels other than those it trained on."""
+    path = Path(workdir) / ANNOTATIONS_CSV
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def parse_label(value: str, class_names: Sequence[str]) -> int | None:
@@ -155,11 +207,8 @@ def parse_label(value: str, class_names: Sequence[str]) -> int | None:
         return None
     if v in class_names:
         return list(class_names).index(v)
-    try:
-        c = int(v)
-    except ValueError:
-        return -1
-    return c if 0 <= c < len(class_names) else -1
+    c = _int(v)
+    return c if c is not None and 0 <= c < len(class_names) else -1
 
 
 def read_annotations(path, query: Query) -> dict[int, int]:
@@ -185,23 +234,26 @@ def read_annotations(path, query: Query) -> dict[int, int]:
                 raise ValueError(f"{path}: line 1 lacks the column(s) {sorted(missing)}; the header "
                                  f"must name sample_id and label (as query.csv does), got {cols}")
             reader.fieldnames = cols
-            rows = list(reader)
+            rows = []
+            for r in reader:  # stops one row past the budget: a huge file is never read whole
+                rows.append(r)
+                if len(rows) > query.budget:
+                    break
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the "
                          "annotations as CSV UTF-8") from None
     except csv.Error as e:
         raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if len(rows) > query.budget:
-        raise ValueError(f"{path} line {query.budget + 2}: {len(rows)} rows but the labeling "
-                         f"budget is {query.budget} annotations; keep only the queried samples")
+        raise ValueError(f"{path} line {query.budget + 2}: more rows than the labeling budget "
+                         f"of {query.budget} annotations; keep only the queried samples")
     out: dict[int, int] = {}
     seen: dict[int, int] = {}
     for line, r in enumerate(rows, start=2):
         raw = (r.get("sample_id") or "").strip()
-        try:
-            sid = int(raw)
-        except ValueError:
-            raise ValueError(f"{path} line {line}: sample_id {raw!r} is not an integer") from None
+        sid = _int(raw)
+        if sid is None:
+            raise ValueError(f"{path} line {line}: sample_id {raw!r} is not an integer")
         if sid not in owner:
             raise ValueError(f"{path} line {line}: sample_id {sid} is not in the query list "
                              f"({query.budget} samples); annotate only the samples of query.csv")
@@ -211,10 +263,9 @@ def read_annotations(path, query: Query) -> dict[int, int]:
         seen[sid] = line
         client = (r.get("client") or "").strip()
         if client:
-            try:
-                client_id = int(client)
-            except ValueError:
-                raise ValueError(f"{path} line {line}: client {client!r} is not an integer") from None
+            client_id = _int(client)
+            if client_id is None:
+                raise ValueError(f"{path} line {line}: client {client!r} is not an integer")
             if client_id != owner[sid]:
                 raise ValueError(f"{path} line {line}: sample_id {sid} belongs to client "
                                  f"{owner[sid]}, not client {client_id}")
@@ -241,31 +292,59 @@ def import_annotations(path, workdir) -> Path:
         merged = read_annotations(merged_path, query)
     merged.update(new)
     order = [s for s in query.sample_id.tolist() if s in merged]
-    tmp = merged_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(("client", "sample_id", "label", "label_name"))
-        owner = dict(zip(query.sample_id.tolist(), query.client.tolist()))
-        for s in order:
-            w.writerow((owner[s], s, merged[s], query.class_names[merged[s]]))
-    os.replace(tmp, merged_path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(("client", "sample_id", "label", "label_name"))
+    owner = dict(zip(query.sample_id.tolist(), query.client.tolist()))
+    for s in order:
+        w.writerow((owner[s], s, merged[s], query.class_names[merged[s]]))
+    atomic_write_text(merged_path, buf.getvalue())
     return merged_path
+
+
+def _labels_filled(path: Path) -> bool:
+    """Whether a query.csv's label column holds anything (a person's work)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return any((r.get("label") or "").strip() for r in csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return True  # unreadable as a query: not ours to overwrite
+
+
+def _set_aside(path: Path, tag: str) -> Path:
+    """Rename `path` to <stem>.<tag>-<time><suffix> beside it; returns the new path."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.stem}.{tag}-{stamp}{path.suffix}")
+    os.replace(path, aside)
+    return aside
 
 
 def refresh_query(workdir, query: Query, images: np.ndarray, *, rewrite: bool = False) -> bool:
     """Writes the query into workdir when it has none or a different one (config, data
-    or seed changed since the export; stale annotations are then moved to
-    annotations.stale.csv), or always with `rewrite`. Returns whether workdir's
-    annotations (if any) belong to this query."""
+    or seed changed since the export), or always with `rewrite`. Returns whether
+    workdir's annotations (if any) belong to this query.
+
+    Queries are compared as sets of (client, sample id) against query.json's copy, so a
+    query.csv sorted in a spreadsheet is the same query. A query.csv whose label column
+    has content is never overwritten: for the same query it stays as it is; for another
+    it is set aside, as are the stale annotations, with one warning naming both."""
     workdir = Path(workdir)
-    old = read_query(workdir) if (workdir / QUERY_CSV).exists() and (workdir / QUERY_JSON).exists() \
-        else None
-    same = (old is not None and old.class_names == query.class_names
-            and np.array_equal(old.sample_id, query.sample_id) and np.array_equal(old.client, query.client))
+    csv_path = workdir / QUERY_CSV
+    old = read_query(workdir) if csv_path.exists() and (workdir / QUERY_JSON).exists() else None
+    pairs = lambda q: set(zip(q.client.tolist(), q.sample_id.tolist()))  # noqa: E731
+    same = old is not None and old.class_names == query.class_names and pairs(old) == pairs(query)
     if rewrite or not same:
-        write_query(query, images, workdir)
-    if not same and (workdir / ANNOTATIONS_CSV).exists():
-        os.replace(workdir / ANNOTATIONS_CSV, workdir / "annotations.stale.csv")
+        filled = csv_path.exists() and _labels_filled(csv_path)
+        moved = []
+        if filled and not same:
+            moved.append((csv_path, _set_aside(csv_path, "earlier")))
+        if not same and (workdir / ANNOTATIONS_CSV).exists():
+            moved.append((workdir / ANNOTATIONS_CSV, _set_aside(workdir / ANNOTATIONS_CSV, "stale")))
+        if moved:
+            warnings.warn(f"the query changed since it was exported (config, data or seed); set "
+                          f"aside {' and '.join(f'{a.name} as {b}' for a, b in moved)}, and wrote "
+                          f"the new query to {csv_path}", stacklevel=2)
+        write_query(query, images, workdir, write_csv=not (filled and same))
     return same
 
 

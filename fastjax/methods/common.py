@@ -114,9 +114,26 @@ def model_inputs(config, train, test, z_train=None, z_test=None) -> ModelInputs:
     return ModelInputs(train.images, test.images, preprocess, tuple(train.images.shape[1:]))
 
 
-def accuracy_summary(history: list[dict]) -> dict:
-    """Final, best and mean-of-last-5 test accuracy over a run's evaluated rounds."""
-    accs = [h["accuracy"] for h in history if "accuracy" in h]
+def accuracy_summary(history: list[dict], eval_every: int = 0, last_round: int = 0) -> dict:
+    """Final, best and mean-of-last-5 test accuracy over a run's evaluated rounds.
+
+    With eval_every (and last_round), only the rounds the schedule evaluates (every
+    eval_every-th and the last) count: a run whose train.rounds was raised keeps the
+    evaluation its old last round got, which one run straight through never makes."""
+    accs = [h["accuracy"] for h in history if "accuracy" in h
+            and (not eval_every or h["round"] % eval_every == 0 or h["round"] == last_round)]
     return {"final_accuracy": accs[-1] if accs else None,
             "best_accuracy": max(accs) if accs else None,
             "last5_accuracy": float(np.mean(accs[-5:])) if accs else None}
+
+
+def summary_line(summary: dict, workdir) -> str:
+    """A run's result in one line (a value the run could not compute shows as n/a)."""
+    def num(key, fmt):
+        v = summary.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "n/a"
+
+    return (f"final accuracy {num('final_accuracy', '.4f')} (best {num('best_accuracy', '.4f')}, "
+            f"mean of the last 5 evaluations {num('last5_accuracy', '.4f')}), "
+            f"{summary.get('annotations', 'n/a')} annotations, {num('comm_mib', '.1f')} MiB; "
+            f"summary: {os.path.join(workdir, 'summary.json')}")

@@ -124,7 +124,7 @@ def run(config, workdir, *, progress: bool = True, export_query: bool = False) -
 
     summary = {
         "method": "fast",
-        **common.accuracy_summary(fit.history),
+        **common.accuracy_summary(fit.history, config.train.eval_every, config.train.rounds),
         "annotations": int(result.annotations),
         "seed_labels": int(result.seed_labels),
         "labeling_budget": budget,
@@ -147,7 +147,5 @@ def run(config, workdir, *, progress: bool = True, export_query: bool = False) -
         "verified": int(sum(v.size for v in result.verified_idx)),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"final accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}), "
-        f"{summary['annotations']} annotations, {summary['comm_mib']:.1f} MiB; summary: "
-        f"{workdir / 'summary.json'}")
+    log(common.summary_line(summary, workdir))
     return summary
