@@ -479,6 +479,7 @@ def plot_history(history: list[dict], path: Path):
                 title="accuracy vs communication")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1)  # from 0: round-to-round noise must not look like a collapse
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
