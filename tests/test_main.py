@@ -311,3 +311,24 @@ def test_config_help_lists_every_key_with_default_and_choices():
 def test_an_empty_preset_is_refused():
     assert "names no preset after ':'" in fast_main._config_file_error("configs/cifar10_active.py:")
     assert fast_main._config_file_error("configs/cifar10_active.py:logo") is None
+
+
+@needs_offline_assets
+def test_the_demo_draws_its_seeds_without_a_warning():
+    """The demo's first lines must not warn about its own config (seeds short of classes)."""
+    import warnings
+
+    from fastjax import partition
+
+    cfg = _load_config("demo")
+    train, test = common.load_data(cfg)
+    p = cfg.partition
+    part = partition.make_partition(p.scheme, train.labels, p.num_clients, cfg.seed, alpha=p.alpha,
+                                    test_labels=test.labels, num_classes=train.num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pools, _ = partition.labeled_pools(part, train.labels, cfg.seed_labels.fraction,
+                                           where=cfg.labeling.where, mode=cfg.seed_labels.mode,
+                                           seed=cfg.seed, num_classes=train.num_classes)
+    for pool, ix in zip(pools, part.train):  # every class a client holds is in its seed
+        assert set(pool.labeled_y.tolist()) == set(train.labels[ix].tolist())
