@@ -211,6 +211,7 @@ def plots(results: dict, out: Path):
     ax2.set(xlabel="MiB communicated (up + down)", ylabel="test accuracy", title="accuracy against communication")
     for a, f, name in ((ax, fig, "fig2.png"), (ax2, fig2, "accuracy_vs_mib.png")):
         a.grid(alpha=0.3)
+        a.set_ylim(0, 1)  # from 0: noise must not look like a collapse
         a.legend(fontsize=8)
         f.tight_layout()
         f.savefig(out / name, dpi=110)

@@ -447,7 +447,7 @@ def plot_figure(table: str, spec: dict, recs: list[dict], path: Path) -> Path:
                 ax.axhline(100 * max(ys), color="0.6", lw=1, label="FAST best")
         missing = sorted({r["row"] for r in recs if r["column"] == col and r["status"] != "ran"})
         title = f"{col}" + (f" (not run: {', '.join(missing)})" if missing else "")
-        ax.set(xlabel="FL round", ylabel="test accuracy %", title=title)
+        ax.set(xlabel="FL round", ylabel="test accuracy %", title=title, ylim=(0, 100))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -82,6 +82,9 @@ def format_table(report: dict, max_classes: int = 20) -> str:
     return "\n".join(lines)
 
 
+MAX_CLIENT_TICKS = 40  # client labels that stay legible on the heatmap's y axis
+
+
 def write_report(report: dict, out_dir) -> dict[str, pathlib.Path]:
     """Writes `partition.json` and `partition.png` (clients x classes heatmap)."""
     import matplotlib
@@ -98,7 +101,11 @@ def write_report(report: dict, out_dir) -> dict[str, pathlib.Path]:
     im = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="samples")
     ax.set_xlabel("class")
-    ax.set_ylabel("client")
+    # Every client labelled up to MAX_CLIENT_TICKS; beyond, every step-th, and the axis says so.
+    step = -(-k // MAX_CLIENT_TICKS)
+    ax.set_yticks(range(0, k, step), [str(i) for i in range(0, k, step)],
+                  fontsize=7 if k > 20 else None)
+    ax.set_ylabel("client" if step == 1 else f"client (one label every {step})")
     ax.set_title(f"{report['scheme']}: {k} clients x {c} classes")
     if c <= 20:
         ax.set_xticks(range(c), [n[:10] for n in report["class_names"]], rotation=60,
