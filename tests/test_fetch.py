@@ -361,16 +361,21 @@ def test_server_down_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main([REPO, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach 127.0.0.1" in err
-    # Off the network entirely (no name resolves), the same: one line.
+    # Off the network entirely (no name resolves), the same: one line, hub or tfds.
     monkeypatch.delenv("HF_ENDPOINT")
     assert cli.main(["siglip"]) == 2
     assert "cannot reach huggingface.co:443" in capsys.readouterr().err
+    assert cli.main(["cifar10", "--via", "tfds", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "www.cs.toronto.edu:443 is unreachable" in err
 
 
-def test_bad_items_are_refused_before_any_download(capsys):
+def test_bad_items_are_refused_before_any_download(capsys, tmp_path):
     assert cli.main(["cifar11"]) == 2
     assert "unknown item 'cifar11'" in capsys.readouterr().err
     assert cli.main([]) == 2
     assert "nothing to fetch" in capsys.readouterr().err
     assert cli.main(["cifar10"]) == 2  # no data root given anywhere
     assert "--data-root DIR or set FASTJAX_DATA_ROOT" in capsys.readouterr().err
+    assert cli.main(["pathmnist", "--via", "tfds", "--data-root", str(tmp_path)]) == 2
+    assert "tensorflow-datasets has no route here" in capsys.readouterr().err

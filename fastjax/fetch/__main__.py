@@ -68,7 +68,7 @@ def run(args) -> list[str]:
                                 if item.key == "efficientnet_lite0" else
                                 "name one as org/model[@revision]"))
         else:
-            weights.fetch(item.ref, progress=args.progress)
+            weights.fetch(item.ref, progress=args.progress, force=args.force)
         here, where = plan.status(item, root)
         if not here:  # the loader must find what was just written
             raise FetchError(f"{label}: fetched, but not found where runs look ({where})")

@@ -70,8 +70,11 @@ def parse_item(text: str) -> Item:
     name, _, option = text.partition(":")
     if "/" in text:
         return encoder_item(_encoder_of(text), None, text)
-    if text in RELEASE_FILES or name in RELEASE_FILES:
+    if text in RELEASE_FILES:
         return Item("dataset", text)
+    if name in RELEASE_FILES:
+        raise ValueError(f"{text!r}: no such release of {name}; known: "
+                         f"{', '.join(k for k in RELEASE_FILES if k.partition(':')[0] == name)}")
     if name in ENCODERS:
         return encoder_item(name, option or None, None)
     raise ValueError(f"unknown item {text!r}: give a dataset ({', '.join(sorted(RELEASE_FILES))}), "

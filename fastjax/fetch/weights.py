@@ -63,9 +63,9 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def fetch(ref: hub.HubRepo, *, progress: bool = True) -> Path:
-    """Downloads `ref`'s files at its revision into the hub cache; returns the snapshot
-    directory (the value `encoder.checkpoint` resolves a hub id to)."""
+def fetch(ref: hub.HubRepo, *, progress: bool = True, force: bool = False) -> Path:
+    """Downloads `ref`'s files at its revision into the hub cache (again with `force`);
+    returns the snapshot directory (the value `encoder.checkpoint` resolves a hub id to)."""
     try:
         import huggingface_hub as hh
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
@@ -90,7 +90,8 @@ def fetch(ref: hub.HubRepo, *, progress: bool = True) -> Path:
                 f"(python -m fastjax.fetch {ref.repo}@<revision>)")
         for name in ref.files:
             link = hh.hf_hub_download(ref.repo, name, revision=ref.revision,
-                                      cache_dir=hub.cache_dir(), endpoint=url)
+                                      cache_dir=hub.cache_dir(), endpoint=url,
+                                      force_download=force)
             verify(Path(link))
     except FetchError:
         raise
