@@ -83,8 +83,7 @@ def report(config=None, data_root_arg: str | None = None, spec: str = "<config>"
     lines.append("compile cache: " + cache_line(config.compilation_cache_dir if config else ""))
     root = plan.data_root(data_root_arg, config)
     lines.append(f"data root: {root if root else 'none (--config.data.root / $FASTJAX_DATA_ROOT)'}")
-    lines.append(f"weights: ${'FASTJAX_WEIGHTS'}="
-                 f"{os.environ.get('FASTJAX_WEIGHTS') or '(unset)'}; "
+    lines.append(f"weights: $FASTJAX_WEIGHTS={os.environ.get('FASTJAX_WEIGHTS') or '(unset)'}; "
                  f"Hugging Face cache {hub.cache_dir()}")
     ok = True
     if config is not None:

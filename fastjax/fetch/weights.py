@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,7 +76,10 @@ def fetch(ref: hub.HubRepo, *, progress: bool = True, force: bool = False) -> Pa
     url = endpoint()
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    if not reachable(parts.hostname or "", port, PREFLIGHT_S):
+    # Fail in seconds offline (the hub client retries for longer); through a proxy the
+    # client's own connection is the test.
+    proxied = urllib.request.getproxies().get(parts.scheme)
+    if not proxied and not reachable(parts.hostname or "", port, PREFLIGHT_S):
         raise FetchError(f"cannot reach {parts.hostname}:{port} within {PREFLIGHT_S:.0f} s "
                          f"(no network, or the hub is down?): {ref.repo} was not fetched")
     (disable_progress_bars if not progress else enable_progress_bars)()
