@@ -904,3 +904,23 @@ def test_hints_name_only_options_that_exist(tmp_path, monkeypatch):
     joined = "\n".join(_hint_messages(tmp_path / "again", monkeypatch))
     assert "--config.data.root=" in joined and "--data-root" in joined
     assert "FASTJAX_DATA_ROOT" in joined and "--download" in joined and "--path" in joined
+
+
+def test_locate_finds_what_the_loader_would_read_without_decoding(tmp_path):
+    """`loaders.locate` runs the loader's own search: the first matching release file is
+    reported, nothing is decoded (a file that is not a valid archive is still located),
+    and a miss raises the loader's DatasetNotFoundError."""
+    from fastjax.data import loaders
+    from fastjax.data.errors import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError):
+        loaders.locate("cifar10", "train", tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    tar = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
+    tar.write_bytes(b"not decoded")
+    assert loaders.locate("cifar10", "train", tmp_path) == tar
+    prepared = tmp_path / "tensorflow_datasets" / "svhn_cropped"
+    prepared.mkdir(parents=True)
+    assert loaders.locate("svhn", "test", tmp_path) == prepared
+    with pytest.raises(ValueError, match="unknown dataset"):
+        loaders.locate("nosuch", "train", tmp_path)

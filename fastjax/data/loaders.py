@@ -12,6 +12,7 @@ smaller dataset; only checked reads are cached (see `fastjax.data.cache`).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import importlib.util
@@ -143,8 +144,38 @@ def _fingerprint_paths(path: pathlib.Path) -> list[pathlib.Path]:
     return out
 
 
+# Set by `locate`: the loaders' own search runs, and the first match is reported
+# (`_Located`) instead of read, so "where would this load from" has one answer.
+_LOCATING = contextvars.ContextVar("fastjax_locating", default=False)
+
+
+class _Located(Exception):
+    def __init__(self, path):
+        super().__init__(str(path))
+        self.path = pathlib.Path(path)
+
+
+def locate(name: str, split: str, data_root=None, **options) -> pathlib.Path:
+    """The file or directory `load_dataset(name, split, data_root, **options)` would read
+    (a release file, a folder, a prepared tensorflow-datasets directory), found by the
+    loader's own search without decoding anything. Raises `DatasetNotFoundError` as the
+    load would."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    token = _LOCATING.set(True)
+    try:
+        DATASETS[name](split, data_root, **options)
+    except _Located as found:
+        return found.path
+    finally:
+        _LOCATING.reset(token)
+    raise AssertionError(f"{name}: the loader returned without reading")  # pragma: no cover
+
+
 def _cached_read(name: str, split: str, path: pathlib.Path, read, options: dict,
                  release: Release | None = None) -> Dataset:
+    if _LOCATING.get():
+        raise _Located(path)
     key = cache.fingerprint(_fingerprint_paths(path), reader=read_name(read), **options)
     hit = cache.load(name, split, key)
     if hit is None:
@@ -183,10 +214,15 @@ def _resolve(name, split, data_root, candidates, *, options=None, extra_dirs=(),
                 return _cached_read(name, split, p, cand.read, options or {}, release)
     searched = [str(d) + ("" if d.is_dir() else " (no such directory)") for d in dirs]
     if tfds_name is not None:
-        ds = tfds_route.load(name, tfds_name, split, roots, download=download,
-                             label_key=tfds_label)
-        if ds is not None:
-            return ds
+        if _LOCATING.get():
+            for d in tfds_route.data_dirs(roots):
+                if (d / tfds_name).is_dir():
+                    raise _Located(d / tfds_name)
+        else:
+            ds = tfds_route.load(name, tfds_name, split, roots, download=download,
+                                 label_key=tfds_label)
+            if ds is not None:
+                return ds
         searched.append(f"tensorflow_datasets/{tfds_name} data dirs")
     expected = [(f"{c.rel}/ holding {c.probe}" if c.rel != "." else f"{c.probe} (+ the "
                  f"other files of the release)") if c.probe else c.rel for c in candidates]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from unittest import mock
 
-from fastjax.data import loaders, tfds_route
+from fastjax.data import tfds_route
+from fastjax.data.loaders import locate
 from fastjax.data.errors import DatasetNotFoundError
 from fastjax.fetch.http import FetchError, download
 
@@ -79,35 +79,6 @@ RELEASE_FILES: dict[str, tuple[Remote, ...]] = {
 TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn_cropped"}
 VIAS = ("release", "tfds")
 SPLITS = ("train", "test")  # what a run reads (`load_train_test`)
-
-
-class _Found(Exception):
-    def __init__(self, path):
-        super().__init__(str(path))
-        self.path = Path(path)
-
-
-def locate(name: str, split: str, data_root=None, **options) -> Path:
-    """The file or directory `load_dataset(name, split, data_root)` would read, found by
-    the loader's own search but without decoding anything (its read step and the tfds
-    read are replaced by a probe). Raises the loader's `DatasetNotFoundError`."""
-
-    def found(_name, _split, path, *_a, **_k):
-        raise _Found(path)
-
-    def prepared(_name, tfds_name, _split, roots, **_k):
-        for d in tfds_route.data_dirs(roots):
-            if (d / tfds_name).is_dir():
-                raise _Found(d / tfds_name)
-        return None
-
-    with mock.patch.object(loaders, "_cached_read", found), \
-            mock.patch.object(tfds_route, "load", prepared):
-        try:
-            loaders.DATASETS[name](split, data_root, **options)
-        except _Found as f:
-            return f.path
-    raise AssertionError(f"{name}: the loader returned without reading")  # pragma: no cover
 
 
 def _key(item: str) -> tuple[str, dict]:
