@@ -924,3 +924,14 @@ def test_locate_finds_what_the_loader_would_read_without_decoding(tmp_path):
     assert loaders.locate("svhn", "test", tmp_path) == prepared
     with pytest.raises(ValueError, match="unknown dataset"):
         loaders.locate("nosuch", "train", tmp_path)
+
+
+def test_not_found_names_the_fetch_command_for_what_fetch_serves(tmp_path, monkeypatch):
+    from fastjax.data.errors import FETCHABLE
+    from fastjax.fetch.datasets import RELEASE_FILES
+
+    assert set(FETCHABLE) == {k.partition(":")[0] for k in RELEASE_FILES}
+    msgs = dict(zip(list(DATASETS) + ["imagefolder-noroot", "cifar10-dl", "folder-odd"],
+                    _hint_messages(tmp_path, monkeypatch)))
+    assert "python -m fastjax.fetch cifar10 --data-root DIR" in msgs["cifar10"]
+    assert "fastjax.fetch" not in msgs["imagefolder"]

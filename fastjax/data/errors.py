@@ -12,6 +12,11 @@ ROOT_HINT = ("point the data root at the directory that holds the files: "
              "--data-root DIR for python -m fastjax.data, or the environment variable "
              "FASTJAX_DATA_ROOT=DIR for both")
 
+# The datasets `python -m fastjax.fetch` downloads from their official releases (its
+# RELEASE_FILES; a test keeps the two equal).
+FETCHABLE = ("cifar10", "cifar100", "dermamnist", "fashion_mnist", "mnist", "pathmnist",
+             "svhn", "tinyimagenet")
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """No local copy of a dataset was found (raised in seconds, never after retries)."""
@@ -39,6 +44,9 @@ def not_found(name: str, split: str, expected: Sequence[str], searched: Sequence
     lines.append("Searched: " + (", ".join(searched) if searched else
                                  "nothing (no data root given)"))
     lines.append(f"To fix: {ROOT_HINT}.")
+    if name in FETCHABLE:
+        lines.append(f"Or download it from its official release (network needed): "
+                     f"python -m fastjax.fetch {name} --data-root DIR")
     if extra:
         lines.append(extra)
     return DatasetNotFoundError("\n".join(lines))
