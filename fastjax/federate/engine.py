@@ -30,13 +30,16 @@ class ClientArrays:
     largest client: x (K, max_n, ...), y (K, max_n) int32 labels or (K, max_n, C)
     float32 soft targets, n (K,) real sizes, w (K, max_n) float32 per-sample loss
     weights or None (all 1), aux: per-client arrays (leading axis K) that a local
-    objective reads (KAFAL: the unlabeled pool and the labeled class counts) or None."""
+    objective reads (KAFAL: the unlabeled pool and the labeled class counts) or None.
+    source: when set, x holds int32 row indices (K, max_n) into this one array of every
+    sample (clients share it instead of holding copies: `experiments`)."""
 
     x: np.ndarray
     y: np.ndarray
     n: np.ndarray
     w: np.ndarray | None = None
     aux: dict | None = None
+    source: np.ndarray | None = None
 
     @property
     def num_clients(self) -> int:
@@ -56,10 +59,13 @@ class ClientArrays:
 
 
 def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], capacity: int = 0, *,
-                  ws: Sequence[np.ndarray] | None = None) -> ClientArrays:
+                  ws: Sequence[np.ndarray] | None = None, source: np.ndarray | None = None) -> ClientArrays:
     """Pads every client to the largest one (or to `capacity`, when given, so that calls
     with growing labeled sets keep one static shape and one compiled round). y: (n_k,)
-    int labels or (n_k, C) soft targets; ws: optional per-sample loss weights (n_k,)."""
+    int labels or (n_k, C) soft targets; ws: optional per-sample loss weights (n_k,).
+    source: xs are then each client's row indices into it (kept as indices)."""
+    if source is not None:
+        xs = [np.asarray(ix, np.int32) for ix in xs]
     if len(xs) != len(ys) or not xs:
         raise ValueError(f"need one (x, y) pair per client, got {len(xs)} x and {len(ys)} y")
     if ws is not None and len(ws) != len(xs):
@@ -82,7 +88,7 @@ def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], capacity: 
         y_out[k, : len(y)] = y
         if w_out is not None:
             w_out[k, : len(x)] = ws[k]
-    return ClientArrays(x_out, y_out, n, w_out)
+    return ClientArrays(x_out, y_out, n, w_out, source=source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +333,15 @@ def make_features_fn(model, preprocess: Callable):
     return features
 
 
+def nonfinite_error(round_: int, client: int, loss, good: int | None, workdir) -> FloatingPointError:
+    """The error that stops a run whose client `client` had a non-finite loss."""
+    return FloatingPointError(
+        f"round {round_}: client {client} produced a non-finite loss ({loss}); "
+        + (f"stopping. The last good checkpoint is round {good} in {workdir}; "
+           if good is not None else f"stopping after round {round_ - 1}, the last good one; ")
+        + "lower train.lr or check the data")
+
+
 @dataclasses.dataclass
 class FitResult:
     variables: Any
@@ -341,7 +356,7 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         spec: TrainSpec, preprocess: Callable, *, workdir: str | os.PathLike | None = None,
         client_test: Sequence[np.ndarray] | None = None, extra_comm_bytes: int = 0,
         round_offset: int = 0, row_extra: dict | None = None,
-        round_fn: Callable | None = None, evaluate: Callable | None = None,
+        round_fn: Callable | None = None, evaluate: Callable | None = None, objective: Callable | None = None,
         keep_before_last: bool = False, progress: bool = True, mesh=None,
         log: Callable[[str], None] = print) -> FitResult:
     """Train `model` federatedly from `variables`; resumes from `workdir` checkpoints.
@@ -357,7 +372,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     number; the learning-rate schedule follows the local one), only checkpoints after
     round_offset are resumed from, communication continues from the metrics row of
     round_offset, and row_extra is added to every metrics row. Passing the `round_fn` (make_round_fn) and
-    `evaluate` (make_eval_fn) of an earlier segment reuses their compiled code.
+    `evaluate` (make_eval_fn) of an earlier segment reuses their compiled code (objective:
+    the local objective a round built here trains with; `experiments` lifts it too).
     keep_before_last: also checkpoint the global model before the last round
     and return it (`FitResult.before_last`), from which that round's client models can be
     recomputed (`make_client_models_fn`).
@@ -371,10 +387,10 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None,
                           spec.strategy, spec.client_chunk)
 
-    x_dev = jnp.asarray(clients.x)
+    x_dev = jnp.asarray(clients.x) if clients.source is None else jnp.asarray(clients.source)[clients.x]
     y_dev = jax.tree.map(jnp.asarray, clients.labels())
     n_all = clients.n
-    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh)
+    round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh, objective)
     evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
     first, last_round = round_offset + 1, round_offset + spec.rounds
@@ -416,12 +432,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
         real = n_r > 0
         if not np.all(np.isfinite(losses[real])):
             pos = int(np.flatnonzero(~np.isfinite(losses) & real)[0])
-            good = ckpt.latest() if ckpt is not None else None
-            raise FloatingPointError(
-                f"round {r}: client {int(rows[pos])} produced a non-finite loss ({losses[pos]}); "
-                + (f"stopping. The last good checkpoint is round {good} in {workdir}; "
-                   if good is not None else f"stopping after round {r - 1}, the last good one; ")
-                + "lower train.lr or check the data")
+            raise nonfinite_error(r, int(rows[pos]), losses[pos], ckpt.latest() if ckpt is not None else None,
+                                  workdir)
         if keep_before_last and r == last_round:
             before_last = variables
         variables = new_vars

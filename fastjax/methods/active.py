@@ -149,8 +149,9 @@ class _Querier:
         return out
 
 
-def run(config, workdir, *, progress: bool = True) -> dict:
-    """The whole loop in `workdir`; returns (and writes) the summary."""
+def run(config, workdir, *, progress: bool = True, fit_fn=None) -> dict:
+    """The whole loop in `workdir`; returns (and writes) the summary. fit_fn: trains in
+    place of `engine.fit` (a sweep's `experiments.Rendezvous.fit`)."""
     from fastjax import partition
     from fastjax.federate import engine, models
 
@@ -264,10 +265,12 @@ def run(config, workdir, *, progress: bool = True) -> dict:
         start = init(al) if (variables is None and done_through > offset) else start_of(al, variables)
         log(f"AL round {al}/{a.rounds}: {n_labeled} labeled ({n_labeled / n_total:.1%}), "
             f"{oracle.annotations} annotations; training FL rounds {offset + 1}-{offset + T}")
-        fit = engine.fit(model, start, clients, inputs.test_x, test.labels, spec, inputs.preprocess,
+        fit = (fit_fn or engine.fit)(
+                         model, start, clients, inputs.test_x, test.labels, spec, inputs.preprocess,
                          workdir=workdir, client_test=part.test, round_offset=offset,
                          row_extra={"al_round": al, "annotations": oracle.annotations, "labeled": n_labeled},
-                         round_fn=round_fn, evaluate=evaluate, keep_before_last=a.strategy in NEEDS_CLIENT_MODELS,
+                         round_fn=round_fn, evaluate=evaluate, objective=objective,
+                         keep_before_last=a.strategy in NEEDS_CLIENT_MODELS,
                          progress=progress, log=log)
         variables, before_last = fit.variables, fit.before_last
         row = {"al_round": al, "labeled": n_labeled, "annotations": oracle.annotations,

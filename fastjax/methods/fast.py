@@ -20,14 +20,8 @@ from fastjax.methods.common import log
 def _label(config, pools, z_train, oracle, num_classes, budget):
     from fastjax import label
 
-    lab = config.labeling
-    return label.label_clients(
-        pools, z_train, oracle, num_classes, budget=budget, k=lab.k, measure=lab.measure,
-        score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
-        strategy=lab.strategy, merge=lab.merge, tie_break=lab.tie_break, seed=config.seed,
-        # Central labeling: one pool whose seed is everyone's (no server round trip).
-        labeled_source="own" if lab.where == "central" else lab.labeled_source,
-        policy=config_lib.weak_label_policy(config))
+    return label.label_clients(pools, z_train, oracle, num_classes, budget=budget,
+                               **common.label_options(config))
 
 
 def _human_oracle(config, workdir, pools, z_train, train, budget, export: bool):
@@ -61,13 +55,14 @@ def _awaiting(workdir: Path, budget: int) -> dict:
     return summary
 
 
-def run(config, workdir, *, progress: bool = True, export_query: bool = False) -> dict:
+def run(config, workdir, *, progress: bool = True, export_query: bool = False, fit_fn=None) -> dict:
     """Run the whole job in `workdir`; returns (and writes) the summary.
 
     With labeling.oracle="annotations", the job stops after the preliminary pass (and
     returns status "awaiting_annotations") until workdir/annotations.csv labels every
     queried sample; `export_query` (python -m fastjax.label export) always stops there,
-    writing the query afresh."""
+    writing the query afresh. fit_fn: trains in place of `engine.fit` (a sweep's
+    `experiments.Rendezvous.fit`)."""
     from fastjax import label, partition
     from fastjax.federate import engine, models
     from fastjax.label import quality as label_quality
@@ -115,12 +110,13 @@ def run(config, workdir, *, progress: bool = True, export_query: bool = False) -
     # 5. federate
     model = models.make_model(config.model.name, c, config.model.conv_impl)
     inputs = common.model_inputs(config, train, test, z_train, z_test)
-    clients = engine.stack_clients([inputs.train_x[ix] for ix in client_idx], client_targets,
+    clients = engine.stack_clients(client_idx, client_targets, source=inputs.train_x,
                                    ws=client_w)
     variables = models.init_variables(model, inputs.shape, config.seed)
-    fit = engine.fit(model, variables, clients, inputs.test_x, test.labels, config_lib.train_spec(config),
-                     inputs.preprocess, workdir=workdir, client_test=part.test,
-                     extra_comm_bytes=result.shared_embedding_bytes, progress=progress, log=log)
+    fit_fn = fit_fn or engine.fit
+    fit = fit_fn(model, variables, clients, inputs.test_x, test.labels, config_lib.train_spec(config),
+                 inputs.preprocess, workdir=workdir, client_test=part.test,
+                 extra_comm_bytes=result.shared_embedding_bytes, progress=progress, log=log)
 
     summary = {
         "method": "fast",

@@ -1,0 +1,328 @@
+"""Run a grid of experiments as one compiled computation per group of equal shapes.
+
+    python -m fastjax.sweep --config configs/cifar10_active.py \
+        --sweep active.strategy=random,entropy,badge --sweep seed=0,1,2 --workdir runs/sweep \
+        [--config.train.rounds=5 ...] [--experiments_per_call=0]
+
+The config file and `--config.*` overrides are `fastjax.main`'s; each `--sweep key=v1,v2`
+adds an axis (the grid is their product). Every experiment is an ordinary run in
+`<workdir>/<key=value,...>/` (config.json, metrics.jsonl, summary.json, checkpoints/)
+that `fastjax.main` resumes or refuses as its own; its stages (data, partition, labels,
+queries) run per experiment, and its federated rounds run jointly with the others'
+(`fastjax.federate.experiments`): experiments whose compiled round is the same (model,
+shapes, static training options) form a group, trained as one computation; a key that
+changes them splits the grid into groups that run one after another.
+
+`<workdir>/sweep.json` and `sweep.md` hold one row per experiment and, when `seed` is
+swept, the mean and standard deviation over seeds of every other combination;
+`sweep.png` plots accuracy against FL rounds and MiB (mean, band: +- std over seeds).
+Rerunning the command resumes every experiment; a work directory holding another sweep
+is refused. An experiment that fails (a non-finite loss names its round) stops with its
+error, the others finish, the table marks it and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from fastjax import config as config_lib
+
+SWEEP_JSON = "sweep.json"
+
+
+def _lookup(config, key: str):
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            raise ValueError(f"--sweep {key}: unknown config key {key!r} (every option: fastjax/config.py)")
+        node = node[part]
+    if hasattr(node, "keys"):
+        raise ValueError(f"--sweep {key}: {key!r} is a section; sweep one of its keys")
+    return node
+
+
+def _parse_value(key: str, text: str, like):
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--sweep {key}: {text!r} is not a boolean (true / false)")
+        return text.lower() in ("true", "1")
+    try:
+        return type(like)(text) if isinstance(like, (int, float)) else text
+    except ValueError:
+        raise ValueError(f"--sweep {key}: {text!r} is not a {type(like).__name__}") from None
+
+
+def parse_axes(specs: list[str], config) -> dict[str, list]:
+    """{key: [values]} from `key=v1,v2` strings, typed like the config's value."""
+    axes: dict[str, list] = {}
+    for spec in specs:
+        key, eq, rest = spec.partition("=")
+        key = key.strip().removeprefix("config.")
+        if not eq or not key:
+            raise ValueError(f"--sweep {spec!r}: expected key=value1,value2,...")
+        if key in axes:
+            raise ValueError(f"--sweep {key} is given twice; give all its values once: {key}=a,b,c")
+        texts = [t.strip() for t in rest.split(",")]
+        if not rest.strip() or any(not t for t in texts):
+            raise ValueError(f"--sweep {spec!r}: an empty value; give {key}=value1,value2,...")
+        like = _lookup(config, key)
+        values = [_parse_value(key, t, like) for t in texts]
+        if len(set(map(repr, values))) < len(values):
+            raise ValueError(f"--sweep {key}: a value is repeated in {rest!r}")
+        axes[key] = values
+    if not axes:
+        raise ValueError("no --sweep axis given, e.g. --sweep seed=0,1,2")
+    return axes
+
+
+def experiment_name(values: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def expand(config, axes: dict[str, list]) -> list[tuple[dict, object]]:
+    """Every (values, config) of the grid, in the order of the axes' product; each config
+    validated before any compute (an error names the experiment that holds the value)."""
+    out, errors = [], []
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo))
+        cfg = config.copy_and_resolve_references()
+        cfg.unlock()
+        for key, v in values.items():
+            *path, leaf = key.split(".")
+            node = cfg
+            for p in path:
+                node = node[p]
+            node[leaf] = v
+        cfg.lock()
+        try:
+            config_lib.validate(cfg)
+        except ValueError as e:
+            errors.append(f"experiment {experiment_name(values)}: {e}")
+        out.append((values, cfg))
+    if errors:
+        raise ValueError("; ".join(errors))
+    return out
+
+
+def definition(config, axes: dict[str, list]) -> dict:
+    """What identifies a sweep: its axes and its base config's result-relevant keys."""
+    from fastjax.federate import checkpoints
+
+    base = checkpoints.config_dict(config)
+    return {"axes": {k: list(v) for k, v in axes.items()}, "base": base}
+
+
+def check_workdir(workdir: Path, defn: dict) -> None:
+    """Refuse a work directory that holds another sweep (before any compute)."""
+    from fastjax.federate import checkpoints
+
+    path = workdir / SWEEP_JSON
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())["definition"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); delete {workdir} or choose another --workdir") from None
+    diffs = [] if old["axes"] == defn["axes"] else [f"axes {old['axes']} -> {defn['axes']}"]
+    diffs += checkpoints.config_differences(old["base"], defn["base"], {}, checkpoints.NON_RESULT_KEYS,
+                                            defaults=config_lib.defaults())
+    if diffs:
+        raise ValueError(f"work directory {workdir} holds a different sweep ({'; '.join(diffs)}); rerun "
+                         "the same command to resume, choose another --workdir, or delete it to start afresh")
+
+
+def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: int = 0,
+              log=None) -> list[dict]:
+    """Run (or resume) every experiment of the grid; returns one row per experiment
+    (also written to sweep.json / sweep.md / sweep.png)."""
+    from fastjax import main as fastjax_main
+    from fastjax.federate.checkpoints import atomic_write_text
+    from fastjax.federate.experiments import Rendezvous
+    from fastjax.methods.common import log as default_log
+
+    log = log or default_log
+    workdir = Path(workdir)
+    grid = expand(config, axes)
+    defn = definition(config, axes)
+    check_workdir(workdir, defn)
+    for _, cfg in grid:
+        config_lib.check_files(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": []}, indent=2) + "\n")
+    log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}")
+    rv = Rendezvous(len(grid), experiments_per_call=experiments_per_call)
+    results: dict[int, object] = {}
+
+    def one(i, cfg, name):
+        with rv:
+            try:
+                results[i] = fastjax_main.run(cfg, workdir / name, progress=False, fit_fn=rv.fit)
+            except Exception as e:  # noqa: BLE001 - that experiment fails; the others go on
+                results[i] = e
+                if not isinstance(e, (ValueError, FloatingPointError, FileNotFoundError, PermissionError)):
+                    traceback.print_exc()
+
+    threads = [threading.Thread(target=one, args=(i, cfg, experiment_name(v)), daemon=True)
+               for i, (v, cfg) in enumerate(grid)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+    rows = []
+    for i, (values, _) in enumerate(grid):
+        res = results.get(i)
+        row = {"experiment": experiment_name(values), **values}
+        if isinstance(res, dict):
+            row.update({"status": "ok", **{k: res.get(k) for k in ("final_accuracy", "best_accuracy",
+                                                                   "last5_accuracy", "comm_mib", "annotations")}})
+        else:
+            row.update({"status": "failed", "error": f"{type(res).__name__}: {res}"})
+            log(f"experiment {row['experiment']} failed: {res}")
+        rows.append(row)
+    means = seed_means(rows, axes)
+    atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": rows,
+                                                        "over_seeds": means}, indent=2) + "\n")
+    atomic_write_text(workdir / "sweep.md", markdown(rows, means, axes))
+    plot(workdir, rows, axes)
+    return rows
+
+
+METRICS = ("final_accuracy", "best_accuracy", "comm_mib")
+
+
+def seed_means(rows: list[dict], axes: dict) -> list[dict]:
+    """Mean and std over the `seed` axis of every other combination (finished runs)."""
+    if "seed" not in axes:
+        return []
+    others = [k for k in axes if k != "seed"]
+    out = []
+    for combo in itertools.product(*(axes[k] for k in others)):
+        sel = [r for r in rows if all(r[k] == v for k, v in zip(others, combo)) and r["status"] == "ok"]
+        row = {**dict(zip(others, combo)), "seeds": len(sel)}
+        for m in METRICS:
+            vals = [r[m] for r in sel if r.get(m) is not None]
+            row[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict], means: list[dict], axes: dict) -> str:
+    def fmt(v):
+        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    keys = list(axes)
+    lines = ["| " + " | ".join(keys + ["status", *METRICS]) + " |", "|" + "---|" * (len(keys) + 1 + len(METRICS))]
+    for r in rows:
+        status = r["status"] if r["status"] == "ok" else f"FAILED: {r['error']}"
+        lines.append("| " + " | ".join([fmt(r[k]) for k in keys] + [status] + [fmt(r.get(m)) for m in METRICS]) + " |")
+    text = "# Sweep\n\n" + "\n".join(lines) + "\n"
+    if means:
+        others = [k for k in keys if k != "seed"]
+        lines = ["| " + " | ".join(others + ["seeds", *METRICS]) + " |", "|" + "---|" * (len(others) + 1 + len(METRICS))]
+        for m in means:
+            cells = [fmt(m[k]) for k in others] + [str(m["seeds"])]
+            cells += ["-" if m[x] is None else f"{m[x]['mean']:.4f} +- {m[x]['std']:.4f}" for x in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+        text += "\n## Mean +- std over seeds\n\n" + "\n".join(lines) + "\n"
+    return text
+
+
+def plot(workdir: Path, rows: list[dict], axes: dict) -> None:
+    """Accuracy against FL rounds and against MiB per combination: mean over seeds, band
+    +- std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastjax.federate.checkpoints import MetricsLog
+
+    others = [k for k in axes if k != "seed"]
+    curves: dict[str, list] = {}
+    for r in rows:
+        ev = [h for h in MetricsLog(workdir / r["experiment"] / "metrics.jsonl").read() if "accuracy" in h]
+        if ev:
+            curves.setdefault(experiment_name({k: r[k] for k in others}) or "all", []).append(ev)
+    if not curves:
+        return
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (label, runs) in enumerate(curves.items()):
+        n = min(len(e) for e in runs)
+        acc = np.array([[h["accuracy"] for h in e[:n]] for e in runs])
+        x_round = [h["round"] for h in runs[0][:n]]
+        x_mib = np.mean([[h["comm_mib"] for h in e[:n]] for e in runs], axis=0)
+        mu, sd = acc.mean(0), acc.std(0)
+        for ax, x in ((axs[0], x_round), (axs[1], x_mib)):
+            ax.plot(x, mu, marker=".", color=f"C{i % 10}", label=label)
+            ax.fill_between(x, mu - sd, mu + sd, color=f"C{i % 10}", alpha=0.2)
+    axs[0].set(xlabel="FL round", ylabel="test accuracy", title="accuracy vs rounds")
+    axs[1].set(xlabel="MiB communicated (up + down)", ylabel="test accuracy", title="accuracy vs communication")
+    for ax in axs:
+        ax.grid(alpha=0.3)
+    axs[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(workdir / "sweep.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from fastjax import main as fastjax_main
+
+    config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:preset]", lock_config=True)
+    flags.DEFINE_multi_string("sweep", [], "key=value1,value2,... (repeat for more axes)")
+    flags.DEFINE_string("workdir", None, "the sweep's work directory (default: runs/<config name>_sweep)")
+    flags.DEFINE_integer("experiments_per_call", 0, "experiments per compiled call (0: a group at once)")
+
+    def parse(args):
+        try:
+            return flags.FLAGS(args)
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+            fastjax_main._error(f"{fastjax_main._flag_error(e, args)} (every option: fastjax/config.py)")
+
+    def _main(_):
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)
+        f = flags.FLAGS
+        if f.config is None:
+            fastjax_main._error("--config is required, e.g. --config configs/demo.py")
+        overridden = {a.split("=", 1)[0][len("--config."):] for a in sys.argv if a.startswith("--config.")}
+        name = Path(f["config"].config_filename.split(":")[0]).stem
+        workdir = f.workdir or str(Path("runs") / f"{name}_sweep")
+        try:
+            if f.experiments_per_call < 0:
+                raise ValueError(f"--experiments_per_call={f.experiments_per_call} must be >= 0")
+            axes = parse_axes(f.sweep, f.config)
+            both = sorted(set(axes) & overridden)
+            if both:
+                raise ValueError(f"{both[0]} is given both as --config.{both[0]} and as --sweep; give it once")
+            from fastjax import compile_cache
+
+            compile_cache.enable(f.config.compilation_cache_dir)
+            rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call)
+        except KeyboardInterrupt:
+            fastjax_main._error(f"interrupted; rerun the same command to resume the sweep in {workdir}", 130, hard=True)
+        except (ValueError, FileNotFoundError, PermissionError) as e:
+            fastjax_main._error(str(e))
+        failed = [r for r in rows if r["status"] != "ok"]
+        if failed:
+            fastjax_main._error(f"{len(failed)} of {len(rows)} experiments failed ({failed[0]['experiment']}: "
+                                f"{failed[0]['error']}); see {Path(workdir) / 'sweep.md'}", 1)
+        print(Path(workdir, "sweep.md").read_text())
+
+    app.run(_main, argv=argv, flags_parser=parse)
+
+
+if __name__ == "__main__":
+    main()

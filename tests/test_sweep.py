@@ -1,0 +1,208 @@
+"""Sweeps: experiments as one computation equal their solo runs (`engine.fit`, and
+`fastjax.main` end to end), the data is on the device once, groups split on shapes,
+resume after a kill, and every bad input is refused before compute."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fastjax import config as config_lib
+from fastjax import main as fast_main
+from fastjax import sweep
+from fastjax.federate import engine, experiments, models
+from tests.conftest import final_checkpoint, set_options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _blob_data(n=160, d=8, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, d)) * 3
+    y = rng.integers(0, c, n).astype(np.int32)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def _request(x, y, seed, lr, sizes=(30, 50, 12), **spec_kw):
+    """A solo engine.fit call as a FitRequest: clients are index sets into x."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    idx = np.split(order[: sum(sizes)], np.cumsum(sizes)[:-1])
+    clients = engine.stack_clients(idx, [y[i] for i in idx], source=x)
+    model = models.make_model("linear", 3)
+    spec = engine.TrainSpec(**{"rounds": 3, "local_epochs": 2, "batch_size": 16, "lr": lr, "seed": seed,
+                               "eval_every": 1, "checkpoint_every": 2, **spec_kw})
+    return experiments.FitRequest(model, models.init_variables(model, (8,), seed), clients, x[:40], y[:40],
+                                  spec, lambda a: a, {"progress": False})
+
+
+def _solo(req, **options):
+    return engine.fit(req.model, req.variables, req.clients, req.test_x, req.test_y, req.spec, req.preprocess,
+                      **{**req.options, **options})
+
+
+def _assert_same(a, b):
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6), a.variables, b.variables)
+    assert [h["round"] for h in a.history] == [h["round"] for h in b.history]
+    np.testing.assert_allclose([h["loss"] for h in a.history], [h["loss"] for h in b.history], rtol=2e-5)
+    assert [h["accuracy"] for h in a.history] == [h["accuracy"] for h in b.history]
+    assert a.comm_mib == pytest.approx(b.comm_mib)
+
+
+@pytest.mark.parametrize("strategy,kw", [("vmap", {}), ("sequential", {}), ("bucketed", {}),
+                                         ("chunked", {"client_chunk": 2})])
+def test_experiments_equal_their_solo_fits(strategy, kw, tmp_path):
+    """Three experiments (seeds, learning rates, FedNova, a participation draw) as one
+    computation under each execution strategy: each equals its own engine.fit, and
+    writes the same metrics rows."""
+    x, y = _blob_data()
+    reqs = [_request(x, y, s, lr, strategy=strategy, aggregator="fednova", participation=0.67, **kw)
+            for s, lr in ((0, 0.05), (1, 0.05), (2, 0.1))]
+    for i, r in enumerate(reqs):
+        r.options["workdir"] = tmp_path / f"joint{i}"
+    joint = experiments.fit_experiments(reqs)
+    for i, (r, res) in enumerate(zip(reqs, joint)):
+        solo = _solo(r, workdir=tmp_path / f"solo{i}")
+        _assert_same(res, solo)
+        rows = [json.loads(l) for l in (tmp_path / f"joint{i}" / "metrics.jsonl").read_text().splitlines()]
+        ref = [json.loads(l) for l in (tmp_path / f"solo{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert [sorted(r_) for r_ in rows] == [sorted(r_) for r_ in ref]
+        assert [r_["clients"] for r_ in rows] == [r_["clients"] for r_ in ref]
+        assert sorted(os.listdir(tmp_path / f"joint{i}" / "checkpoints")) == \
+            sorted(os.listdir(tmp_path / f"solo{i}" / "checkpoints"))
+
+
+def test_nan_stops_only_its_experiment(tmp_path):
+    """A non-finite loss stops the experiment that produced it with engine.fit's error
+    (its round and client, the last good checkpoint); the others finish as if alone."""
+    x, y = _blob_data()
+    bad_x = x.copy()
+    good, bad = _request(x, y, 0, 0.05, rounds=4), _request(bad_x, y, 1, 0.05, rounds=4)
+    first_client = bad.clients.x[2, :bad.clients.n[2]]
+    bad_x[first_client[0]] = np.nan  # a sample of client 2 only
+    bad.options["workdir"] = tmp_path / "bad"
+    res_good, res_bad = experiments.fit_experiments([good, bad])
+    _assert_same(res_good, _solo(good))
+    with pytest.raises(FloatingPointError, match="round 1: client 2") as solo_err:
+        _solo(bad, workdir=tmp_path / "solo_bad")
+    assert isinstance(res_bad, FloatingPointError)
+    assert str(res_bad) == str(solo_err.value).replace("solo_bad", "bad")
+    assert not (tmp_path / "bad" / "checkpoints").exists() or not os.listdir(tmp_path / "bad" / "checkpoints")
+
+
+def test_the_data_is_on_the_device_once():
+    """Four experiments over one training set: the device holds the set once (bytes of
+    the arrays made, measured), plus their small index and label arrays."""
+    x, y = _blob_data(n=4000, d=64)
+    x = np.pad(x, ((0, 0), (0, 56)))  # 64 features -> 120: the data dominates
+    reqs = [_request(x, y, s, 0.05, sizes=(200, 300, 100)) for s in range(4)]
+    before = {id(a) for a in jax.live_arrays()}
+    data, index, labels = experiments.stack_inputs(reqs)
+    made = [a for a in jax.live_arrays() if id(a) not in before]
+    total = sum(a.nbytes for a in made)
+    assert data.nbytes == x.nbytes  # one copy of the images, not four
+    assert total < x.nbytes + 4 * 3 * 300 * 8 + 1024  # + int32 indices and labels per client slot
+    assert index.shape == (4, 3, 300) and labels.shape == (4, 3, 300)
+
+
+def test_shape_changing_keys_split_into_groups():
+    x, y = _blob_data()
+    a, b, c = _request(x, y, 0, 0.05), _request(x, y, 1, 0.1), _request(x, y, 2, 0.05, batch_size=8)
+    assert experiments.signature(a) == experiments.signature(b) != experiments.signature(c)
+    for req, res in zip((a, b, c), experiments.fit_experiments([a, b, c], experiments_per_call=1)):
+        _assert_same(res, _solo(req))
+
+
+# --------------------------------------------------------------------- the command
+
+
+def _base(tiny_folder, **over):
+    c = config_lib.base_config()
+    c.unlock()
+    set_options(c, method="active", data__name="imagefolder", data__root=str(tiny_folder),
+                partition__scheme="iid", partition__num_clients=2, train__rounds=1, train__local_steps=1,
+                train__batch_size=8, train__checkpoint_every=1, active__rounds=2, compilation_cache_dir="off",
+                **over)
+    c.lock()
+    return c
+
+
+@pytest.mark.slow  # six solo runs beside the sweep: ~4 min on the loaded 2-core machine
+def test_active_sweep_equals_solo_runs_and_resumes(tiny_folder, tmp_path):
+    """Three query strategies x two seeds as one sweep: every experiment ends with the
+    parameters and metrics of its own fastjax.main run; a sweep killed mid-run resumes
+    to the same result; sweep.json / sweep.md / sweep.png are written."""
+    base = _base(tiny_folder)
+    axes = sweep.parse_axes(["active.strategy=random,entropy,badge", "seed=0,1"], base)
+    rows = sweep.run_sweep(base, axes, tmp_path / "sw")
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    for values, cfg in sweep.expand(base, axes):
+        name = sweep.experiment_name(values)
+        solo = fast_main.run(cfg, tmp_path / "solo" / name, progress=False)
+        joint = json.loads((tmp_path / "sw" / name / "summary.json").read_text())
+        assert joint["final_accuracy"] == solo["final_accuracy"] and joint["annotations"] == solo["annotations"]
+        jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6),
+                     final_checkpoint(tmp_path / "sw" / name), final_checkpoint(tmp_path / "solo" / name))
+    out = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [m["seeds"] for m in out["over_seeds"]] == [2, 2, 2]
+    assert "+-" in (tmp_path / "sw" / "sweep.md").read_text() and (tmp_path / "sw" / "sweep.png").exists()
+    # A kill mid-run leaves each experiment's checkpoints up to its last boundary:
+    # drop the later ones (and the summaries) and rerun.
+    name = "active.strategy=badge,seed=1"
+    final = final_checkpoint(tmp_path / "sw" / name)
+    for r in rows:
+        d = tmp_path / "sw" / r["experiment"]
+        shutil.rmtree(d / "checkpoints" / "2")
+        (d / "summary.json").unlink()
+        os.remove(d / "active" / "al_02.json")
+    rows2 = sweep.run_sweep(base, axes, tmp_path / "sw")
+    assert [r["final_accuracy"] for r in rows2] == [r["final_accuracy"] for r in rows]
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6),
+                 final_checkpoint(tmp_path / "sw" / name), final)
+    # Another sweep in the same directory is refused before compute.
+    with pytest.raises(ValueError, match="holds a different sweep"):
+        sweep.run_sweep(base, sweep.parse_axes(["seed=0,1,2"], base), tmp_path / "sw")
+
+
+@pytest.mark.parametrize("specs,msg", [
+    (["actve.strategy=random"], "unknown config key 'actve.strategy'"),
+    (["seed="], "empty value"),
+    (["seed=0,,1"], "empty value"),
+    (["seed=0,1", "seed=2"], "given twice"),
+    (["seed=0,zero"], "'zero' is not a int"),
+    (["train=1"], "is a section"),
+    ([], "no --sweep axis"),
+])
+def test_bad_axes_are_refused(specs, msg):
+    with pytest.raises(ValueError, match=msg):
+        sweep.parse_axes(specs, config_lib.base_config())
+
+
+def test_an_invalid_value_names_its_experiment(tiny_folder):
+    base = _base(tiny_folder)
+    axes = sweep.parse_axes(["train.lr=0.1,-1", "seed=0,1"], base)
+    with pytest.raises(ValueError, match=r"experiment train.lr=-1.0,seed=0: invalid config: .*train.lr=-1.0"):
+        sweep.expand(base, axes)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fastjax.sweep", "--config", "configs/demo.py",
+                          f"--workdir={tmp_path}", "--sweep", "seed=0,1", "--config.seed=3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "fastjax: error: seed is given both as --config.seed and as --sweep; give it once")
+
+
+def test_static_options_enter_the_signature():
+    """Value keys do not enter the signature; static ones do."""
+    x, y = _blob_data()
+    a = _request(x, y, 0, 0.05)
+    b = dataclasses.replace(a, spec=dataclasses.replace(a.spec, momentum=0.5))
+    assert experiments.signature(a) != experiments.signature(b)
