@@ -114,6 +114,21 @@ def model_inputs(config, train, test, z_train=None, z_test=None) -> ModelInputs:
     return ModelInputs(train.images, test.images, preprocess, tuple(train.images.shape[1:]))
 
 
+def label_options(config) -> dict:
+    """`label_clients`' options from the config, besides the pools, embeddings, oracle,
+    class count and budget: the one-process job and every site of a deployment label
+    by these same options."""
+    from fastjax import config as config_lib
+
+    lab = config.labeling
+    return dict(k=lab.k, measure=lab.measure, score_source=lab.score_source, normalize=lab.normalize,
+                class_aware=lab.class_aware, strategy=lab.strategy, merge=lab.merge,
+                tie_break=lab.tie_break, seed=config.seed,
+                # Central labeling: one pool whose seed is everyone's (no server round trip).
+                labeled_source="own" if lab.where == "central" else lab.labeled_source,
+                policy=config_lib.weak_label_policy(config))
+
+
 def accuracy_summary(history: list[dict], eval_every: int = 0, last_round: int = 0) -> dict:
     """Final, best and mean-of-last-5 test accuracy over a run's evaluated rounds.
 
