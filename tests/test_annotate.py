@@ -239,3 +239,18 @@ def test_changed_annotations_stop_the_resume_and_import_takes_the_lock(workdir):
         holder.wait()
     assert out.returncode == 2 and f"is in use by pid {holder.pid}" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_export_advises_only_the_settings_not_yet_set(tmp_path):
+    from fastjax import config as config_lib
+    from fastjax.label.__main__ import export
+
+    c = config_lib.base_config()
+    c.unlock()
+    c.method, c.labeling.oracle = "active", "annotations"
+    with pytest.raises(ValueError) as e:
+        export(c, tmp_path, progress=False)
+    assert str(e.value).endswith("add --config.method=fast") and not (tmp_path / "config.json").exists()
+    c.method, c.labeling.oracle = "fast", "simulated"
+    with pytest.raises(ValueError, match=r"add --config.labeling.oracle=annotations$"):
+        export(c, tmp_path, progress=False)
