@@ -159,6 +159,9 @@ def test_a_sorted_query_csv_keeps_its_annotations(workdir):
     assert annotate.refresh_query(workdir, q, images, rewrite=True) is True
     assert (workdir / "query.csv").read_text() == before
     assert annotate.read_query(workdir).sample_id.tolist() == [7, 3, 9, 5, 1]  # the stored copy
+    (workdir / "query.csv").unlink()  # lost: the query (query.json) and annotations stand
+    assert annotate.refresh_query(workdir, q, images) is True
+    assert (workdir / "query.csv").exists() and (workdir / "annotations.csv").exists()
 
 
 def test_another_query_sets_aside_filled_files_naming_them(workdir):

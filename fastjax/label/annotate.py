@@ -172,12 +172,13 @@ def write_query(query: Query, images: np.ndarray, directory, *, per_sheet: int =
 def read_query(directory) -> Query:
     directory = Path(directory)
     path, meta_path = directory / QUERY_CSV, directory / QUERY_JSON
-    for p in (path, meta_path):
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    # query.csv is the annotator's to edit; query.json holds the query since it holds a copy.
+    for p in (meta_path,) if "sample_id" in meta else (path, meta_path):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: write the query first "
                                     f"(python -m fastjax.label export --workdir {directory})")
-    meta = json.loads(meta_path.read_text())
-    if "sample_id" in meta:  # the stored copy (query.csv is the annotator's to edit)
+    if "sample_id" in meta:
         col = lambda k: np.asarray(meta[k], np.int64).reshape(-1)  # noqa: E731
     else:  # exported before query.json held the query
         with open(path, newline="") as f:
@@ -330,10 +331,13 @@ def refresh_query(workdir, query: Query, images: np.ndarray, *, rewrite: bool = 
     it is set aside, as are the stale annotations, with one warning naming both."""
     workdir = Path(workdir)
     csv_path = workdir / QUERY_CSV
-    old = read_query(workdir) if csv_path.exists() and (workdir / QUERY_JSON).exists() else None
+    try:
+        old = read_query(workdir)
+    except FileNotFoundError:
+        old = None
     pairs = lambda q: set(zip(q.client.tolist(), q.sample_id.tolist()))  # noqa: E731
     same = old is not None and old.class_names == query.class_names and pairs(old) == pairs(query)
-    if rewrite or not same:
+    if rewrite or not same or not csv_path.exists():
         filled = csv_path.exists() and _labels_filled(csv_path)
         moved = []
         if filled and not same:
