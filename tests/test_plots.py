@@ -50,3 +50,30 @@ def test_scaling_plot_names_its_axes(saved, tmp_path):
     axes = [ax for ax in fig.axes if ax.lines]
     assert [ax.get_ylabel() for ax in axes] == ["seconds per round", "ms per client", "peak memory (GiB)"]
     assert all(ax.get_ylim()[0] == 0 for ax in axes) and fig._suptitle.get_text()
+
+
+def test_reliability_bins_are_evenly_spaced_and_labelled_by_their_edges(saved, tmp_path):
+    """MNIST-like: nearly every weak label in the top vote-share bin and the margin deciles
+    squeezed near 0 and 2; each bin still gets its own slot, its edges as the label."""
+    from fastjax.label.quality import plot_reliability
+
+    def table(count, precision):
+        return {"count": count, "precision": precision, "precision_after": precision,
+                "mean_confidence": [None] * len(count)}
+
+    share_count = [0] * 9 + [990]
+    margin_edges = [0.001, 0.002, 0.003, 0.004, 0.005, 1.9, 1.91, 1.92, 1.93, 1.94, 1.95]
+    quality = {"vote_share": {"edges": [i / 10 for i in range(11)],
+                              "overall": table(share_count, [None] * 9 + [0.99]),
+                              "clients": [table(share_count, [None] * 9 + [1.0])]},
+               "proto_margin": {"edges": margin_edges, "overall": table([99] * 10, [0.9] * 10),
+                                "clients": []},
+               "refinement": {"oracle_labeled": 10, "corrected": 1}}
+    plot_reliability(quality, str(tmp_path / "r.png"))
+    share_ax, margin_ax = [ax for ax in saved[0].axes if ax.get_ylabel() == "precision"]
+    for ax in (share_ax, margin_ax):
+        assert [t.get_position()[0] for t in ax.get_xticklabels()] == list(range(10))
+    assert share_ax.get_xticklabels()[-1].get_text() == "0.9-1"
+    assert [t.get_text() for t in margin_ax.get_xticklabels()[4:6]] == ["0.005-1.9", "1.9-1.91"]
+    bars = [b for ax in saved[0].axes for b in ax.patches if b.get_height() > 0]
+    assert {round(b.get_width(), 6) for b in bars} == {0.8}  # visible, never overlapping

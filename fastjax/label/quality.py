@@ -135,40 +135,47 @@ def summary(quality: dict) -> dict:
             **quality["refinement"]}
 
 
+def _bin_labels(edges) -> list[str]:
+    return [f"{a:.3g}-{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
+
+
 def plot_reliability(quality: dict, path: str) -> str:
     """Reliability diagram PNG: per confidence, precision of the weak labels before and
-    after refinement by bin (overall; clients as faint points), with the bin counts."""
+    after refinement in each bin (overall; clients as faint points), with the bin counts.
+    Bins sit at equal spacing, labelled by their edges: on an easy dataset (MNIST) the
+    confidences pile up in one or two bins and a value axis would squeeze them together."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    def nan(xs):
+        return [math.nan if v is None else v for v in xs]
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, name, title in zip(axes, ("vote_share", "proto_margin"),
                                ("kNN vote share", "prototype margin (deciles)")):
         q = quality[name]
         ov = q["overall"]
-        x = [m if m is not None else math.nan for m in ov["mean_confidence"]]
-        pre = [p if p is not None else math.nan for p in ov["precision"]]
-        post = [p if p is not None else math.nan for p in ov["precision_after"]]
-        cx = [m for cl in q["clients"] for m in cl["mean_confidence"]]
-        cy = [p for cl in q["clients"] for p in cl["precision"]]
-        ok = [(a, b) for a, b in zip(cx, cy) if a is not None and b is not None]
-        if ok:
-            ax.scatter(*zip(*ok), s=6, color="0.7", zorder=1, label="clients")
-        ax.plot(x, pre, "o-", color="C0", label="weak labels", zorder=3)
-        ax.plot(x, post, "s--", color="C2", label="after refinement", zorder=3)
-        if name == "vote_share":
-            ax.plot([0, 1], [0, 1], ":", color="0.4", label="share = precision")
-        ax.set(xlabel=f"{title} (bin mean)", ylabel="precision", ylim=(0, 1.02), title=title)
-        ax.grid(alpha=0.3)
+        pos = np.arange(len(ov["count"]))
         twin = ax.twinx()
-        width = (np.nanmax(x) - np.nanmin(x)) / 25 if np.isfinite(np.nanmax(x)) else 0.02
-        twin.bar(x, ov["count"], width=max(width, 1e-3), color="C1", alpha=0.25)
+        twin.bar(pos, ov["count"], width=0.8, color="C1", alpha=0.25)
         twin.set_ylabel("samples per bin", color="C1")
+        ok = [(i, p) for cl in q["clients"] for i, p in enumerate(cl["precision"]) if p is not None]
+        if ok:
+            ax.scatter(*zip(*ok), s=6, color="0.6", zorder=1, label="clients")
+        ax.plot(pos, nan(ov["precision"]), "o-", color="C0", label="weak labels", zorder=3)
+        ax.plot(pos, nan(ov["precision_after"]), "s--", color="C2", label="after refinement",
+                zorder=3)
+        if name == "vote_share":  # a calibrated share: precision = the bin's centre
+            ax.plot(pos, (pos + 0.5) / len(pos), ":", color="0.4", label="share = precision")
+        ax.set_xticks(pos, _bin_labels(q["edges"]), rotation=45, ha="right", fontsize=7)
+        ax.set(xlabel=f"{title}: bin (empty bins have no point)", ylabel="precision",
+               ylim=(0, 1.02), xlim=(-0.6, len(pos) - 0.4), title=title)
+        ax.grid(alpha=0.3)
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     r = quality["refinement"]
     fig.suptitle(f"weak-label reliability; the oracle labeled {r['oracle_labeled']} "
                  f"and corrected {r['corrected']}")
