@@ -45,14 +45,20 @@ def _extendable(config, workdir: Path):
 
 def _finished(rundir, config, workdir: Path) -> dict | None:
     """The summary of this very run when the directory holds it finished (the same
-    result-relevant config, the rounds included, and a complete summary.json), else None."""
+    result-relevant config, the rounds included, a complete summary.json and the metrics
+    of every round it counts), else None."""
+    from fastjax.federate.checkpoints import MetricsLog
+
     if not rundir.same_config(config, config_lib.unread_sections(config), defaults=config_lib.defaults()):
         return None
     try:
         summary = json.loads((workdir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) and summary.get("status") == "done" else None
+    if not isinstance(summary, dict) or summary.get("status") != "done":
+        return None
+    rounds = summary.get("rounds") or summary.get("fl_rounds") or 0
+    return summary if MetricsLog(workdir / "metrics.jsonl").covered_through() >= rounds else None
 
 
 def run(config, workdir, *, progress: bool = True, **method_options) -> dict:

@@ -290,7 +290,8 @@ def test_a_finished_run_answers_with_its_summary_without_loading_anything(tmp_pa
     # Not finished: more AL rounds asked for, or a summary without status "done".
     more = _small(tmp_path, method="active", model__name="cnn4", data__name="cifar10",
                   data__root=str(tmp_path / "no-data"), active__rounds=5)
-    for config, summary in ((more, done), (cfg, {**done, "status": "awaiting_annotations"})):
+    for config, summary in ((more, done), (cfg, {**done, "status": "awaiting_annotations"}),
+                            (cfg, {**done, "fl_rounds": 2})):  # metrics.jsonl holds round 1 only
         (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
         with pytest.raises(FileNotFoundError, match="no-data"):
             fast_main.run(config, tmp_path / "run", progress=False)
