@@ -54,8 +54,8 @@ SCALES = {
                  local_steps=1, batch_size=32, eval_every=1, encoder="efficientnet_lite0",
                  image_size=32, min_alpha=1.0, max_al_rounds=2),
 }
-ENCODER_COLUMNS = {"resnet50": "resnet50", "clip": "clip", "evaclip": None, "siglip": "siglip",
-                   "dinov2": "dinov2"}
+ENCODER_COLUMNS = {"resnet50": "resnet50", "clip": "clip", "evaclip": "evaclip",
+                   "siglip": "siglip", "dinov2": "dinov2"}
 STAND_IN = "efficientnet_lite0"
 
 
