@@ -2,6 +2,7 @@
 (issue 13 items 1, 3, 4, 7, 8, 13)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -335,12 +336,18 @@ def test_a_metrics_log_behind_every_checkpoint_is_refused_naming_it(finished_fit
         run(tmp_path / "b")
 
 
-def test_metrics_rows_reach_the_disk_before_append_returns(tmp_path, monkeypatch):
+def test_metrics_rows_reach_the_disk_before_each_checkpoint(tmp_path, monkeypatch):
     synced = []
     real = checkpoints.os.fsync
-    monkeypatch.setattr(checkpoints.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
-    checkpoints.MetricsLog(tmp_path / "m.jsonl").append({"round": 1})
-    assert synced and (tmp_path / "m.jsonl").read_text() == '{"round": 1}\n'
+    monkeypatch.setattr(checkpoints.os, "fsync",
+                        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    log = checkpoints.MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"round": 1})
+    assert log.path.read_text() == '{"round": 1}\n'  # in the file (a kill loses nothing) ...
+    store = checkpoints.Checkpoints(tmp_path / "checkpoints")
+    store.save(1, {"w": np.zeros(3, np.float32)})
+    store.close()
+    assert synced[0] == str(log.path)  # ... and synced before the checkpoint is written
 
 
 def test_a_torn_last_line_is_reported_once(tmp_path):

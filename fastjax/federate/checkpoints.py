@@ -38,6 +38,7 @@ import numpy as np
 from fastjax.files import atomic_write_text, unwritable
 
 LOCK_NAME = ".fastjax.lock"
+METRICS_NAME = "metrics.jsonl"  # beside checkpoints/ in a work directory
 
 # Keys that do not change a run's results: where files are, how fast or how often
 # things happen. Everything else in the config is result-relevant.
@@ -339,12 +340,17 @@ class MetricsLog:
         return rows
 
     def append(self, row: dict) -> None:
-        """One row, on disk before this returns (flushed and synced: the checkpoint
-        written after it must never be ahead of the log)."""
+        """One row, handed to the OS before this returns (a killed process loses none);
+        `sync` makes the rows durable, as `Checkpoints.save` does before each save."""
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+
+    def sync(self) -> None:
+        """fsync the log (a power loss then keeps every row written so far)."""
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                os.fsync(f.fileno())
 
 
 class Checkpoints:
@@ -428,6 +434,9 @@ class Checkpoints:
         return self._mgr.restore(step, args=self._ocp.args.StandardRestore(abstract))
 
     def save(self, step: int, tree) -> None:
+        # The metrics log beside the checkpoints reaches the disk first: a checkpoint is
+        # never ahead of the rows a resume needs (see `validate(metrics)`).
+        MetricsLog(self.directory.parent / METRICS_NAME).sync()
         tree = jax.device_get(tree)
         self._mgr.save(step, args=self._ocp.args.StandardSave(tree), force=True)
         self._mgr.wait_until_finished()
