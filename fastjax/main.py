@@ -146,8 +146,12 @@ def main(argv=None):
     def parse(args):
         try:
             return flags.FLAGS(args)
-        except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError, NameError) as e:
             _error(f"{_flag_error(e, args)} (every option: --config_help)")
+        except (SyntaxError, ImportError) as e:  # the config file's own code
+            given = next((a.split("=", 1)[1] if "=" in a else b for a, b in zip(args, args[1:] + [""])
+                          if a.split("=", 1)[0] in ("--config", "-config")), "?")
+            _error(f"config file {given.split(':')[0]}: {type(e).__name__}: {e}")
 
     def _main(_):
         from absl import logging

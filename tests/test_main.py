@@ -157,6 +157,14 @@ def test_cli_errors_are_one_line(tmp_path, arg, msg):
     assert "Traceback" not in out.stderr
 
 
+def test_a_config_file_that_does_not_compile_is_one_line(tmp_path):
+    (tmp_path / "bad.py").write_text("def get_config(:\n")
+    out = subprocess.run([sys.executable, "-m", "fastjax.main", "--config", str(tmp_path / "bad.py")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"fastjax: error: config file {tmp_path / 'bad.py'}: SyntaxError")
+
+
 def test_cli_ctrl_c_exits_130_without_traceback(tiny_folder, tmp_path):
     import signal
     import time
