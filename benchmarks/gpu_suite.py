@@ -18,7 +18,7 @@ it is measured, so a section cut short keeps what it had):
 - knn:     kNN propagation + Eq. 7 prototypes, 100k unlabeled x 40k labeled x 768-d,
            100 classes, against blocked torch cdist + topk.
 - siglip:  SigLIP ViT-B/16 bf16, 32 px uint8 -> 224 px, against transformers'
-           SiglipVisionModel (SDPA), random weights.
+           SiglipVisionModel (SDPA), random weights; EVA02-CLIP-B/16 (fastjax) beside it.
 
 `python benchmarks/gpu_suite.py run SECTION --work DIR [--dry-run] [--budget S]` runs one
 section into DIR/SECTION.json; `python benchmarks/gpu_suite.py report --work DIR --out OUT`
@@ -222,6 +222,7 @@ def run_knn(sec: Section, size: dict):
 
 
 def run_siglip(sec: Section, size: dict):
+    from benchmarks import encoder_throughput as et  # EVA-CLIP (Table V) at SigLIP's sizes
     from benchmarks import siglip_throughput as st
 
     s = size["siglip"]
@@ -230,6 +231,8 @@ def run_siglip(sec: Section, size: dict):
     for attention in (None, "cudnn") if not sec.dry_run else (None,):
         sec.row(f"SigLIP {s['arch']} {s['dtype']}, attention={attention}",
                 lambda: st.run(arch, s["images"], s["batch"], s["dtype"], image_px=px, attention=attention))
+    sec.row(f"EVA-CLIP {s['arch']} {s['dtype']} (fastjax)",
+            lambda: et.run(s["arch"], s["images"], s["batch"], s["dtype"], image_px=px, encoders=("evaclip",)))
 
 
 # ------------------------------------------------------------------------- report
@@ -272,7 +275,7 @@ def goals(sections: dict) -> list[dict]:
                     "row": knn["row"], "met": fj["prototypes"]["first_seconds"] <= 2})
         out.append({"goal": "kNN steady <= torch", "measured": fj["knn"]["steady_seconds"] / tp["knn"]["steady_seconds"],
                     "row": knn["row"], "met": fj["knn"]["steady_seconds"] <= tp["knn"]["steady_seconds"]})
-    sig = [r for r in sections.get("siglip", {}).get("rows", []) if "error" not in r]
+    sig = [r for r in sections.get("siglip", {}).get("rows", []) if "error" not in r and "ratio_vs_torch" in r]
     if sig:
         top = max(sig, key=lambda r: r["ratio_vs_torch"])
         out.append({"goal": "SigLIP >= 1.1x the PyTorch model", "measured": top["ratio_vs_torch"], "row": top["row"],
