@@ -252,12 +252,12 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(**kwargs)
 
     def error(self, message):
-        fail(f"{message} (see {self.prog} --help)")
+        fail(f"{message} (see {self.prog} --help)", prog=self.prog)
 
 
-def fail(message: str, code: int = 2):
+def fail(message: str, code: int = 2, prog: str | None = None):
     """Bad input: one line on stderr and exit `code`, before any compute."""
-    print(f"{pathlib.Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
+    print(f"{prog or pathlib.Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 
@@ -266,6 +266,8 @@ def unwritable(directory: str | os.PathLike) -> str | None:
     (one phrase). Folders it creates to find out are removed again: a refused run leaves
     no trace."""
     path = pathlib.Path(directory).absolute()
+    if path.exists() and not path.is_dir():
+        return "it is a file"
     created = [q for q in (path, *path.parents) if not q.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)

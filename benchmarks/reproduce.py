@@ -613,10 +613,10 @@ def main(argv=None):
     args, tables = parse_args(argv)
     problems = config_problems(tables, args)
     if problems:
-        common.fail("; ".join(problems))
+        common.fail("; ".join(problems), prog="reproduce.py")
     why = common.unwritable(args.out)
     if why:
-        common.fail(f"--out {args.out} is not a writable directory ({why})")
+        common.fail(f"--out {args.out} is not a writable directory ({why})", prog="reproduce.py")
     print(common.device_line(), flush=True)
     return {t: reproduce(t, args) for t in tables}
 
@@ -626,8 +626,13 @@ def failed_cells(results: dict) -> list[str]:
             for c in r["cells"] if c["status"].startswith("failed")]
 
 
-if __name__ == "__main__":
-    failed = failed_cells(main())
+def cli(argv=None) -> int:
+    """The command line: 0 when every cell ran or said why it could not, 1 when one failed."""
+    failed = failed_cells(main(argv))
     if failed:
         print(f"[reproduce] {len(failed)} cell(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -96,8 +96,58 @@ def test_compare_fal_refuses_bad_input_before_the_first_run(tmp_path, capsys):
     from benchmarks import compare_fal
 
     for argv, word in ((["--strategies", "random,badgee"], "unknown ['badgee']"),
-                       (["--preset", "nope"], "active preset 'nope' is not known")):
+                       (["--preset", "nope"], "active preset 'nope' is not known"),
+                       (["--al-rounds", "abc"], "'abc': give AL round counts >= 1"),
+                       (["--al-rounds", "2,0"], "'2,0': give AL round counts >= 1"),
+                       (["--dataset", "cifar100", "--data-root", str(tmp_path / "none")],
+                        "dataset 'cifar100' (split 'test') not found locally. Searched:"),
+                       (["--out", str(ROOT / "README.md" / "cmp")], "is not a writable directory")):
         with pytest.raises(SystemExit) as e:
             compare_fal.main(["--tiny", "--out", str(tmp_path / "cmp"), *argv])
-        assert e.value.code == 2 and word in capsys.readouterr().err
-    assert not (tmp_path / "cmp").exists()  # nothing ran
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and word in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "cmp").exists()  # nothing ran, nothing was created
+
+
+def test_help_pages_show_defaults_and_errors_are_one_line(capsys):
+    from benchmarks import common
+
+    p = common.ArgumentParser(prog="b.py", description="doc")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/x", help="where")
+    p.add_argument("--root", default=None, help="data")
+    p.add_argument("--flag", action="store_true")
+    text = p.format_help()
+    assert "--seed SEED  (default: 0)" in text and "where (default: runs/x)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--seed", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("b.py: error: argument --seed") and err.count("\n") == 1
+
+
+def test_unwritable_creates_nothing(tmp_path):
+    from benchmarks import common
+
+    assert common.unwritable(tmp_path / "a" / "b") is None and not (tmp_path / "a").exists()
+    (tmp_path / "f").write_text("")
+    assert common.unwritable(tmp_path / "f") == "it is a file"
+    assert common.unwritable(tmp_path / "f" / "x") is not None
+
+
+def test_rounds_per_sec_says_why_flower_is_left_out(monkeypatch):
+    from benchmarks import flower_reference, rounds_per_sec
+
+    monkeypatch.setattr(flower_reference, "available", lambda: False)
+    r = rounds_per_sec.flower_round(rounds_per_sec.WORKLOADS["cpu"], 1)
+    assert r["name"] == "flower-simulation" and r["error"].startswith("skipped: ")
+    assert "pip install 'flwr[simulation]'" in r["error"]
+
+
+def test_query_cost_prints_a_table_with_the_device(capsys):
+    from benchmarks import query_cost
+
+    res = query_cost.time_strategies(n=40, d=4, C=3, b=4, m=6, repeats=1, names=["random"])
+    out = capsys.readouterr().out
+    assert "| strategy | first_call_s | steady_s |" in out and "| random |" in out
+    assert "device: " in out and "jax " in out and res["results"][0]["strategy"] == "random"

@@ -92,3 +92,49 @@ def test_table3_runs_tiny_on_cifar10(tmp_path):
                           "--cache-dir", str(tmp_path / "emb")])
     fast = [c for c in res["III"]["cells"] if c["row"] == "FAST"]
     assert [c["status"] for c in fast] == ["ran"] and fast[0]["dataset"] == "cifar10"
+
+
+@pytest.mark.parametrize("argv, word", [(["--model", "nosuch"], "--model 'nosuch'"),
+                                        (["--strategy", "nosuch"], "--strategy 'nosuch'"),
+                                        (["--encoder", "nosuch"], "--encoder 'nosuch'"),
+                                        (["--image-size", "-5"], "--image-size must be >= 0")])
+def test_bad_options_fail_in_one_line_before_any_cell(argv, word, capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.parse_args(["--table", "II", "--tiny", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and word in err and len(err.strip().splitlines()) == 1
+
+
+def _no_runs(monkeypatch):
+    """Cells that would run, and a runner that must never be called."""
+    monkeypatch.setattr(reproduce, "availability", lambda cell, args, config: None)
+    monkeypatch.setattr(reproduce, "METHODS", {m: lambda c, w: pytest.fail("a cell ran")
+                                               for m in reproduce.METHODS})
+
+
+def test_every_cell_is_checked_before_the_first_runs(monkeypatch, tmp_path, capsys):
+    _no_runs(monkeypatch)
+    with pytest.raises(SystemExit) as e:  # an output directory that cannot be made
+        reproduce.main(["--table", "II", "--tiny", "--out", str(ROOT / "README.md" / "x")])
+    assert e.value.code == 2 and "not a writable directory" in capsys.readouterr().err
+    monkeypatch.setitem(reproduce.SCALES, "tiny", {**reproduce.SCALES["tiny"], "batch_size": 0})
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--table", "II,VI", "--tiny", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("reproduce.py: error: invalid config: train.batch_size")
+    assert "(cells: II/" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_cell_makes_the_exit_status_1(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(reproduce, "availability", lambda cell, args, config: None)
+
+    def boom(config, workdir):
+        raise ValueError("diverged")
+
+    monkeypatch.setattr(reproduce, "METHODS", {**reproduce.METHODS, "fast": boom})
+    code = reproduce.cli(["--table", "VI", "--tiny", "--datasets", "cifar10", "--out", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 1 and "failed: diverged" in out.err and "[4/4]" in out.out
+    table = json.loads((tmp_path / "tiny" / "table_VI.json").read_text())
+    assert {c["status"] for c in table["cells"]} == {"failed: diverged"}
