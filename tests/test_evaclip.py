@@ -27,7 +27,8 @@ if importlib.util.find_spec("timm") is None:
 
 from fastjax.encode import check_weights, load_encoder  # noqa: E402
 from fastjax.encode.evaclip import (  # noqa: E402
-    PRESETS, EvaClipVisionConfig, config_from_timm, convert_state_dict, rope_tables)
+    PRESETS, EvaClipVisionConfig, config_from_open_clip, config_from_timm, convert_state_dict,
+    rope_tables)
 
 TOL = 1e-4
 ARCH = "eva02_base_patch16_clip_224"
@@ -226,6 +227,11 @@ def test_evaclip_checkpoint_errors(timm):
         config_from_timm({"architecture": "vit_base_patch16_224"})
     with pytest.raises(ValueError, match="non-square"):
         config_from_timm({**base, "model_args": {"img_size": [224, 256]}})
+    with pytest.raises(ValueError, match="multiple"):
+        config_from_timm({**base, "model_args": {"num_heads": 5}})  # 768 / 5
+    oc_cfg = {"embed_dim": 512, "vision_cfg": {"timm_model_name": ARCH, "timm_pool": "token",
+                                               "timm_proj": "none"}}
+    assert config_from_open_clip(oc_cfg).num_classes == 0  # no head: the trunk's features
 
 
 def test_evaclip_presets_lookup_and_options(tmp_path, monkeypatch, timm):

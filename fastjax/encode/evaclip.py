@@ -63,6 +63,12 @@ class EvaClipVisionConfig:
     rope_temperature: float = 10000.0
     layer_norm_eps: float = 1e-6
 
+    def __post_init__(self):
+        if self.img_size % self.patch_size or self.embed_dim % self.num_heads or self.head_dim % 4:
+            raise ValueError(f"evaclip: img_size {self.img_size} must be a multiple of patch_size "
+                             f"{self.patch_size}, and embed_dim {self.embed_dim} of 4 * num_heads "
+                             f"{self.num_heads} (two rotary axes of sin/cos pairs per head)")
+
     @property
     def grid(self) -> int:
         return self.img_size // self.patch_size
@@ -128,12 +134,14 @@ def config_from_open_clip(d: dict) -> EvaClipVisionConfig:
     if vision.get("timm_proj") not in (None, "none"):
         raise ValueError(f"evaclip: open_clip timm_proj={vision['timm_proj']!r} adds a projection "
                          f"this port does not implement")
-    pool = vision.get("timm_pool", "avg")  # open_clip's default
-    timm_cfg = {"architecture": vision.get("timm_model_name"),
-                "model_args": {"num_classes": cfg.get("embed_dim"), "global_pool": pool}}
+    args = {"global_pool": vision.get("timm_pool", "avg")}  # open_clip's default pool
+    if vision.get("timm_proj") == "none":
+        args["num_classes"] = 0  # open_clip then passes the trunk's features through
+    elif "embed_dim" in cfg:
+        args["num_classes"] = cfg["embed_dim"]  # the trunk's head is the CLIP projection
     if "image_size" in vision:
-        timm_cfg["model_args"]["img_size"] = vision["image_size"]
-    return config_from_timm(timm_cfg)
+        args["img_size"] = vision["image_size"]
+    return config_from_timm({"architecture": vision.get("timm_model_name"), "model_args": args})
 
 
 def rope_tables(cfg: EvaClipVisionConfig) -> tuple[np.ndarray, np.ndarray]:
