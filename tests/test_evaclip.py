@@ -102,9 +102,9 @@ def _randomise(model, seed=1):
     return model.eval()
 
 
-def _tiny(timm, **kw):
+def _tiny(timm):
     torch.manual_seed(0)
-    return _randomise(timm.create_model(ARCH, pretrained=False, **{**TINY, **kw}))
+    return _randomise(timm.create_model(ARCH, pretrained=False, **TINY))
 
 
 def _save(model, directory):
