@@ -58,6 +58,27 @@ def np_lloyd(x, c, max_iter=300, tol=1e-4):
     return c, lab, ((x - c[lab]) ** 2).sum(), it + 1
 
 
+def np_kmeans_sklearn(x, k, rng, max_iter=300):
+    """sklearn 1.0.1 `KMeans(n_clusters=k, n_init=1)` in float64: data centred, greedy
+    `_kmeans_plusplus` (2 + int(ln k) D^2 candidates by searchsorted on the cumulative
+    D^2, the one lowering the potential most kept), Lloyd (`np_lloyd`), then `predict`
+    (nearest final centre, the first on ties). Returns (labels, inertia)."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=0)
+    n, trials = len(x), 2 + int(np.log(k))
+    chosen = [int(rng.integers(n))]
+    closest = ((x - x[chosen[0]]) ** 2).sum(1)
+    pot = closest.sum()
+    for _ in range(1, k):
+        ids = np.minimum(np.searchsorted(np.cumsum(closest), rng.random(trials) * pot), n - 1)
+        d2 = np.minimum(closest, ((x[None] - x[ids][:, None]) ** 2).sum(-1))
+        best = int(np.argmin(d2.sum(1)))
+        pot, closest = d2[best].sum(), d2[best]
+        chosen.append(int(ids[best]))
+    centres, _, inertia, _ = np_lloyd(x, x[chosen], max_iter=max_iter)
+    return ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1), inertia
+
+
 def blobs(rng, n_per, centres, scale=0.3):
     centres = np.asarray(centres, np.float64)
     x = np.concatenate([c + scale * rng.normal(size=(n_per, centres.shape[1])) for c in centres])
@@ -170,6 +191,45 @@ def test_greedy_seeding_keeps_the_best_candidate():
     keys = jax.random.split(jax.random.key(7), 200)
     idx = np.asarray(jax.vmap(lambda k: kmeans_plusplus(x, 2, k, local_trials=64)[1])(keys))
     assert {tuple(sorted(r)) for r in idx.tolist()} == {(0, 3), (1, 3), (2, 3)}
+
+
+def test_greedy_seeding_reaches_sklearns_objective_where_classic_does_not():
+    # 200 uniform points, k = 20: the seeding decides the local optimum Lloyd ends in.
+    # Mean inertia over 40 single starts: sklearn's greedy k-means++ (numpy transcription)
+    # and kmeans with greedy_trials(k) agree within 2%; classic D^2 seeding ends ~6% above.
+    from fastjax.active.kmeans import greedy_trials
+
+    x = np.random.default_rng(0).random((200, 2)).astype(np.float32)
+    k = 20
+    assert greedy_trials(k) == 2 + int(np.log(k)) == 4
+    ref = np.mean([np_kmeans_sklearn(x, k, np.random.default_rng(s))[1] for s in range(40)])
+    keys = jax.random.split(jax.random.key(1), 40)
+    mean = {t: float(np.mean(jax.vmap(lambda kk: kmeans(x, k, kk, n_init=1, local_trials=t)[2])(keys)))
+            for t in (1, greedy_trials(k))}
+    assert abs(mean[4] - ref) / ref < 0.02, (mean, ref)
+    assert (mean[1] - ref) / ref > 2 * abs(mean[4] - ref) / ref, (mean, ref)
+
+
+def test_logo_and_alfa_mix_seed_their_kmeans_as_sklearn_does(monkeypatch):
+    from fastjax.active import kmeans as kmeans_mod
+    from fastjax.active import logo as logo_mod
+    from fastjax.active import strategies
+
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append((args[1], kw.get("local_trials", 1)))
+        return kmeans_mod.kmeans(*args, **kw)
+
+    monkeypatch.setattr(logo_mod, "kmeans", spy)
+    monkeypatch.setattr(strategies, "kmeans", spy)
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(60, 4)).astype(np.float32)
+    p = rng.dirichlet(np.ones(3), size=60).astype(np.float32)
+    logo_select(p, h, p, 8, jax.random.key(0), n_init=1)
+    strategies.alfa_mix_cluster_picks(h / np.linalg.norm(h, axis=1, keepdims=True), 8, jax.random.key(0),
+                                      kmeans_inits=1)
+    assert seen == [(8, 4), (8, 4)]  # k = b = 8: 2 + int(ln 8) candidates per centre
 
 
 def test_kmeans_matches_sklearn_inertia():

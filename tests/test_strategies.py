@@ -1,10 +1,12 @@
 """Query strategies of iterative FAL against independent numpy/scipy references on small
 hand-made pools (fastjax/active; recipes in shared/research/FAL_BASELINES.md Sec. 2)."""
 
+import contextlib
 import dataclasses
 import inspect
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -162,6 +164,54 @@ def test_hidden_labels_of_unselected_samples_change_no_query(name):
     np.testing.assert_array_equal(first, again)
 
 
+@contextlib.contextmanager
+def counting_compiles():
+    """Counts XLA compiles (lowerings: jitted functions' and eager operations') inside
+    the block; cache hits, in memory or on disk, still lower and count."""
+    count = [0]
+
+    def listener(name, secs, **kw):
+        if name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_pool_sizes_of_one_bucket_compile_nothing_new_and_equal_unpadded_results():
+    """Clients' pools shrink every AL round: sizes that share a power-of-two bucket reuse
+    one compile per strategy (and per budget b), and padding changes no result."""
+    from fastjax.active import strategies as S
+    from fastjax.active.kafal import _ksas
+    from fastjax.active.kmeans import greedy_trials, kmeans
+    from fastjax.active.logo import logo_embedding, logo_pick, neg_entropy
+
+    b, sizes = 9, [(N, M), (98, 12), (104, 15)]  # pools 65-128, labeled 9-16, graphs <= 128 nodes
+    views = [view_of(make_pool(seed=i, n=n, m=m)) for i, (n, m) in enumerate(sizes)]
+    picked = {}
+    for name in STRATEGIES:
+        STRATEGIES[name](views[0], b, KEY, **FAST.get(name, {}))  # compiles for this bucket
+        with counting_compiles() as compiles:
+            picked[name] = [STRATEGIES[name](v, b, KEY, **FAST.get(name, {})) for v in views[1:]]
+        assert compiles[0] == 0, (name, compiles[0])
+    v, (n, _) = views[-1], sizes[-1]
+    p, h = np.asarray(v.probs), np.asarray(v.feats)
+    keys = np.asarray(jax.random.bits(KEY, (n,), jnp.uint32))
+    np.testing.assert_array_equal(picked["random"][-1], np.sort(np.argsort(keys, kind="stable")[:b]))
+    np.testing.assert_array_equal(picked["entropy"][-1], ref_entropy_order(p, b))
+    np.testing.assert_array_equal(picked["coreset"][-1], np.sort(ref_kcenter(h, np.asarray(v.labeled_feats), b)))
+    badge = S._badge(p, h, np.ones(n, bool), KEY, b, S._bucket(b))  # the kernel at the exact size
+    np.testing.assert_array_equal(picked["badge"][-1], np.sort(np.asarray(badge)[:b]))
+    _, lab, _ = kmeans(logo_embedding(v.local_probs, v.local_feats), b, KEY, n_init=2,
+                       local_trials=greedy_trials(b))
+    np.testing.assert_array_equal(picked["logo"][-1], logo_pick(np.asarray(lab), np.asarray(neg_entropy(p)), b))
+    ksas = np.asarray(_ksas(v.local_logits, v.logits, v.class_counts))
+    np.testing.assert_array_equal(picked["kafal"][-1], np.sort(np.argsort(-ksas, kind="stable")[:b]))
+
+
 def test_check_query_refuses_before_compute():
     with pytest.raises(ValueError, match="unknown query strategy 'bald'"):
         check_query("bald")
@@ -197,9 +247,10 @@ def test_check_query_refuses_before_compute():
 # ------------------------------------------------------------------ random, entropy
 
 
-def test_random_is_the_key_permutation_prefix():
+def test_random_is_the_b_smallest_random_keys():
     out = STRATEGIES["random"](VIEW, 20, KEY)
-    np.testing.assert_array_equal(out, np.sort(np.asarray(jax.random.permutation(KEY, N))[:20]))
+    keys = np.asarray(jax.random.bits(KEY, (N,), jnp.uint32))  # exactly N keys, unpadded
+    np.testing.assert_array_equal(out, np.sort(np.argsort(keys, kind="stable")[:20]))
     assert not np.array_equal(out, STRATEGIES["random"](VIEW, 20, jax.random.key(8)))
 
 
@@ -228,6 +279,15 @@ def test_coreset_is_greedy_k_center(m):
     view = PoolView(softmax(rng.normal(size=(N, C))).astype(np.float32), x, lab,
                     rng.integers(0, C, m))
     np.testing.assert_array_equal(STRATEGIES["coreset"](view, 15, KEY), np.sort(ref_kcenter(x, lab, 15)))
+
+
+def test_coreset_is_exact_under_a_large_common_offset():
+    # Features far from the origin (as after a ReLU with a large bias): float32's
+    # expanded form loses small distances unless the points are centred first.
+    rng = np.random.default_rng(12)
+    x = (rng.normal(size=(N, D)) + 3e3).astype(np.float32)
+    lab = (rng.normal(size=(M, D)) + 3e3).astype(np.float32)
+    np.testing.assert_array_equal(kcenter_greedy(x, lab, 30), ref_kcenter(x, lab, 30))
 
 
 def test_coreset_never_repeats_on_duplicates():
@@ -312,12 +372,43 @@ def test_alfa_mix_selects_from_candidates_then_fills():
     small = STRATEGIES["alfa_mix"](VIEW, 5, KEY)  # more candidates than b: one per cluster
     assert set(small.tolist()) <= set(cand.tolist())
     cand = np.flatnonzero(ref_alfa_candidates(POOL, N))  # every cap
-    b = len(cand) + 3  # fewer candidates than b: all of them, then distinct random fill
+    b = len(cand) + 3  # fewer candidates than b: one per distinct feature row, then a random fill
     assert b < N
+    # ReLU features: rows with one positive entry normalise to the same unit vector and
+    # all-zero rows to 0; identical normalised rows share one cluster.
+    h = POOL["feats"][cand] / np.maximum(np.linalg.norm(POOL["feats"][cand], axis=1, keepdims=True), 1e-12)
+    kept = cand[np.unique(h, axis=0, return_index=True)[1]]
+    assert kept.size < cand.size
     big = STRATEGIES["alfa_mix"](VIEW, b, KEY)
-    assert set(cand.tolist()) <= set(big.tolist()) and big.size == b
+    assert set(kept.tolist()) <= set(big.tolist()) and big.size == b
     repl = STRATEGIES["alfa_mix"](VIEW, b, KEY, fill="with_replacement")
-    assert set(cand.tolist()) <= set(repl.tolist()) and repl.size <= b
+    assert set(kept.tolist()) <= set(repl.tolist()) and repl.size <= b
+
+
+def test_alfa_mix_keeps_one_of_duplicated_candidates_like_the_reference():
+    """At most b candidates: the reference's KMeans(k = #candidates) puts exact
+    duplicates in one cluster and keeps its first member; the rest is filled at random."""
+    from fastjax.active.strategies import alfa_mix_cluster_picks
+    from tests.test_active_math import np_kmeans_sklearn
+
+    half = make_pool(seed=5, n=N // 2)
+    half["feats"] = half["feats"] + 0.05  # no zero entries: distinct rows normalise apart
+    rows = ("probs", "feats", "logits", "local_logits", "local_probs", "local_feats", "pred_loss", "hidden_y")
+    pool = dict(half, **{k: np.concatenate([half[k], half[k]]) for k in rows})  # row i + N/2 == row i
+    b = N - 10
+    cand = np.flatnonzero(ref_alfa_candidates(pool, b))
+    assert 0 < cand.size <= b and np.isin(cand + N // 2, cand)[cand < N // 2].all()
+    h = pool["feats"][cand] / np.linalg.norm(pool["feats"][cand], axis=1, keepdims=True)
+    # The reference, run on them: sklearn's KMeans (numpy transcription), one pick per
+    # non-empty cluster, the member nearest its centre (the first on ties).
+    lab, _ = np_kmeans_sklearn(h, cand.size, np.random.default_rng(0))
+    d = ((h[:, None] - np.stack([h[lab == c].mean(0) for c in np.unique(lab)])[None]) ** 2).sum(-1)
+    ref = sorted(np.flatnonzero(lab == c)[d[lab == c, i].argmin()] for i, c in enumerate(np.unique(lab)))
+    picks = alfa_mix_cluster_picks(h, b, KEY)
+    np.testing.assert_array_equal(picks, ref)
+    np.testing.assert_array_equal(cand[picks], cand[cand < N // 2])  # the first copy of each pair
+    out = STRATEGIES["alfa_mix"](view_of(pool), b, KEY)
+    assert out.size == b and set(cand[picks].tolist()) <= set(out.tolist())
 
 
 # ------------------------------------------------------------------ GCNAL

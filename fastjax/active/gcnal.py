@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fastjax.active.strategies import PoolView, _bucket, _finite, _pad, kcenter_greedy, start
+from fastjax.active.strategies import (PoolView, _bucket, _finite, _pad, _valid, kcenter_greedy, random_order,
+                                       start)
 
 VARIANTS = ("core", "uncertain")
 COREGCN_FEATURES = ("gcn", "backbone")
@@ -106,6 +107,7 @@ def gcn_loss(logit, is_labeled, is_unlabeled, lambda_loss):
 
 @functools.partial(jax.jit, static_argnames=("steps", "hidden"))
 def _train(x, is_labeled, is_unlabeled, key, steps, hidden, lr, weight_decay, dropout, lambda_loss):
+    x = normalize_rows(x)  # padding rows stay 0
     real = (is_labeled | is_unlabeled).astype(x.dtype)
     col = _column_sums(x, real)
     ax = adjacency_matmul(x, col, x, real)
@@ -125,7 +127,7 @@ def _train(x, is_labeled, is_unlabeled, key, steps, hidden, lr, weight_decay, dr
 
     (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
     logit, hid = gcn_forward(params, ax, x, col, real)
-    return params, losses, logit, hid
+    return params, losses, logit, hid, x
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -135,15 +137,15 @@ class GraphFit:
     features `x`, pre-sigmoid `logit`, `hidden` (N, h); `losses` (steps,) per Adam step."""
 
     subset: np.ndarray
-    x: jax.Array
-    logit: jax.Array
-    hidden: jax.Array
+    x: np.ndarray
+    logit: np.ndarray
+    hidden: np.ndarray
     losses: np.ndarray
     params: dict
 
     @property
-    def scores(self) -> jax.Array:
-        return jax.nn.sigmoid(self.logit)
+    def scores(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit.astype(np.float64)))
 
 
 def fit_graph(view: PoolView, key, *, subset_size: int = 10_000, steps: int = 200, hidden: int = 128,
@@ -154,17 +156,16 @@ def fit_graph(view: PoolView, key, *, subset_size: int = 10_000, steps: int = 20
         raise ValueError("gcnal needs penultimate features and a non-empty labeled set")
     n, m = view.n, view.m
     k_sub, k_train = jax.random.split(key)
-    subset = np.arange(n) if subset_size >= n else \
-        np.sort(np.asarray(jax.random.permutation(k_sub, n))[:subset_size])
+    subset = np.arange(n) if subset_size >= n else np.sort(random_order(k_sub, n)[:subset_size])
     k = subset.size
-    x = normalize_rows(jnp.concatenate([_finite("feats", view.feats)[subset],
-                                        _finite("labeled_feats", view.labeled_feats)]))
+    x = np.concatenate([_finite("feats", view.feats)[subset], _finite("labeled_feats", view.labeled_feats)])
     rows = _bucket(k + m)
-    node = jnp.arange(rows)
-    params, losses, logit, hid = _train(
-        _pad(x, rows), (node >= k) & (node < k + m), node < k, k_train, steps, hidden,
+    node = np.arange(rows)
+    params, losses, logit, hid, x = _train(
+        _pad(x, rows), (node >= k) & _valid(k + m, rows), node < k, k_train, steps, hidden,
         lr, weight_decay, dropout, lambda_loss)
-    return GraphFit(subset, x, logit[:k + m], hid[:k + m], np.asarray(losses), params)
+    cut = lambda a: np.asarray(a)[:k + m]  # noqa: E731  (on the host: no compile per size)
+    return GraphFit(subset, cut(x), cut(logit), cut(hid), np.asarray(losses), params)
 
 
 def gcnal(view: PoolView, b: int, key: jax.Array, *, variant: str = "core",
@@ -186,11 +187,11 @@ def gcnal(view: PoolView, b: int, key: jax.Array, *, variant: str = "core",
     k = fit.subset.size
     if variant == "uncertain":
         # Smallest |s - s_margin| (reference: argsort(-|s - margin|)[-b:]); ties to the lower position.
-        gap = np.abs(np.asarray(fit.scores[:k], np.float64) - s_margin)
+        gap = np.abs(fit.scores[:k] - s_margin)
         picked = np.lexsort((np.arange(k), gap))[:b]
     else:
         feats = fit.x if coregcn_features == "backbone" else \
-            jnp.concatenate([fit.hidden, fit.logit[:, None]], axis=1)
+            np.concatenate([fit.hidden, fit.logit[:, None]], axis=1)
         picked = kcenter_greedy(feats[:k], feats[k:], b)
     return np.sort(fit.subset[picked]).astype(np.int64)
 

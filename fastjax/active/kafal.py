@@ -129,7 +129,8 @@ def ksas_scores(local_logits, global_logits, class_counts):
     local_logits, global_logits: (n, C) pre-softmax outputs of the local and global model;
     class_counts: (C,) the client's labeled counts per class.
     """
-    local_logits, global_logits = jnp.asarray(local_logits), jnp.asarray(global_logits)
+    local_logits = np.asarray(local_logits, np.float32)
+    global_logits = np.asarray(global_logits, np.float32)
     if local_logits.ndim != 2 or local_logits.shape != global_logits.shape:
         raise ValueError(f"ksas_scores: local and global logits must both be (n, C); got "
                          f"{tuple(local_logits.shape)} and {tuple(global_logits.shape)}.")
@@ -137,7 +138,11 @@ def ksas_scores(local_logits, global_logits, class_counts):
     if np.ndim(class_counts) != 1:
         raise ValueError(f"ksas_scores: class_counts must be (C,) for one client; got shape "
                          f"{np.shape(class_counts)} (vmap over clients for several).")
-    return _ksas(local_logits, global_logits, class_counts)
+    from fastjax.active.strategies import _bucket, _pad
+
+    n, rows = local_logits.shape[0], _bucket(local_logits.shape[0])  # one compile per bucket
+    return np.asarray(_ksas(_pad(local_logits, rows), _pad(global_logits, rows),
+                            np.asarray(class_counts, np.float32)))[:n]
 
 
 def ksas_select(local_logits, global_logits, class_counts, b: int) -> np.ndarray:

@@ -9,7 +9,8 @@ drawn uniformly; each next centre is drawn with probability proportional to D(x)
 squared distance to the nearest centre chosen so far. `local_trials=1` (the default) is
 that classic D^2 sampling. sklearn's `_kmeans_plusplus` is the *greedy* variant: it draws
 `2 + int(ln k)` candidates by D^2 and keeps the one that lowers the potential sum D^2 the
-most; pass `local_trials=2 + int(math.log(k))` for it (cost x local_trials). If every
+most; pass `local_trials=greedy_trials(k)` for it (cost x local_trials; LoGo's macro step
+and ALFA-Mix do, as their references run sklearn). If every
 remaining D^2 is 0 (fewer distinct points than k), the next centre is drawn uniformly:
 it duplicates an existing centre and its cluster ends up empty or relocated (below).
 
@@ -76,8 +77,10 @@ def _concrete(x):
 
 
 def _check_points(x, k, mask):
-    """Validates (x, k, mask) before any compute; returns x as float32 and the mask."""
-    x = jnp.asarray(x)
+    """Validates (x, k, mask) before any compute; returns x as float32 and the mask
+    (numpy for host inputs: no device op, hence no compile, per pool size)."""
+    host = _concrete(x)
+    x = jnp.asarray(x) if host is None else host
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"k-means: points must be a non-empty 2-D array (n, d); got shape "
                          f"{tuple(x.shape)}. Reshape the features to (num_points, dim).")
@@ -85,18 +88,19 @@ def _check_points(x, k, mask):
         raise ValueError(f"k-means: k (number of clusters) must be an integer >= 1; got {k!r}.")
     n = x.shape[0]
     if mask is None:
-        mask = jnp.ones((n,), bool)
-    mask = jnp.asarray(mask)
-    if mask.shape != (n,):
-        raise ValueError(f"k-means: mask must have shape ({n},) to match the points; got "
-                         f"{tuple(mask.shape)}.")
+        mask = np.ones((n,), bool)
     m = _concrete(mask)
+    if np.shape(mask) != (n,):
+        raise ValueError(f"k-means: mask must have shape ({n},) to match the points; got "
+                         f"{tuple(np.shape(mask))}.")
     n_valid = n if m is None else int(np.sum(m.astype(bool)))
     if k > n_valid:
         raise ValueError(f"k-means: k={k} clusters but only {n_valid} points; k must be <= "
                          f"the number of points (lower k, e.g. the budget b, or query a "
                          f"larger pool).")
-    return x.astype(jnp.float32), mask.astype(bool)
+    if m is not None and host is not None:
+        return np.asarray(host, np.float32), m.astype(bool)
+    return jnp.asarray(x).astype(jnp.float32), jnp.asarray(mask).astype(bool)
 
 
 def _check_positive_int(name, v, lo=1):
@@ -190,7 +194,8 @@ def _seed(x, xsq, mask, key, k: int, local_trials: int):
         pot = jnp.sum(closest)
         logits = jnp.where(closest > 0, jnp.log(jnp.where(closest > 0, closest, 1.0)), -jnp.inf)
         logits = jnp.where(pot > 0, logits, uniform)
-        cand = jax.random.categorical(sub, logits, shape=(local_trials,))
+        # One key per candidate: a draw over a padded pool equals the unpadded one.
+        cand = jax.vmap(lambda k: jax.random.categorical(k, logits))(jax.random.split(sub, local_trials))
         new = jnp.minimum(closest[None, :], dist_to(cand))
         best = jnp.argmin(jnp.sum(new, axis=1))
         return chosen.at[i].set(cand[best]), new[best], key
@@ -293,6 +298,12 @@ def _seed_core(x, mask, key, *, k, local_trials):
 
 
 # ------------------------------------------------------------------ public API
+
+
+def greedy_trials(k: int) -> int:
+    """sklearn's `_kmeans_plusplus` candidates per seeding step, `2 + int(ln k)`: the
+    `local_trials` that makes `kmeans` seed as the references' `KMeans` does."""
+    return 2 + int(math.log(k))
 
 
 def kmeans(x, k: int, key, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,

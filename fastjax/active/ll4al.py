@@ -224,6 +224,8 @@ def ll4al_query(view, b: int, key, *, subset_size: int = 10_000) -> np.ndarray:
         return done
     if view.pred_loss is None:
         raise ValueError("ll4al needs the loss-prediction module's output on the pool (pred_loss)")
+    from fastjax.active.strategies import random_order
+
     n = view.n
-    sub = np.sort(np.asarray(jax.random.permutation(key, n))[: max(int(b), min(subset_size, n))])
+    sub = np.arange(n) if subset_size >= n else np.sort(random_order(key, n)[: max(int(b), subset_size)])
     return np.sort(sub[ll4al_select(np.asarray(view.pred_loss)[sub], int(b))]).astype(np.int64)

@@ -6,8 +6,9 @@ Given one client's unlabeled pool scored by two models:
 1. **Macro step** (local-only model): gradient embeddings e(x) = (1 - p_yhat(x)) h(x),
    the yhat-block of BADGE's embedding (LoGo `Strategy.get_grad_embedding_maxInd`), with
    p the local-only model's softmax, yhat = argmax p (first on ties) and h its penultimate
-   features; k-means with k = b (`fastjax.active.kmeans`: k-means++ seeding, `n_init`
-   restarts, Lloyd to tol 1e-4 / 300 iterations; LoGo runs sklearn 1.0.1's `KMeans`).
+   features; k-means with k = b (`fastjax.active.kmeans`: sklearn's greedy k-means++
+   seeding, 2 + int(ln b) D^2 candidates per centre, `n_init` restarts, Lloyd to tol
+   1e-4 / 300 iterations; LoGo runs sklearn 1.0.1's `KMeans`).
 2. **Micro step** (global model): in each cluster, the member with the highest entropy
    of the global model's prediction. As the reference (and Entropy sampling) the score is
    sum_c p_c log p_c with any +-inf log replaced by 0, sorted ascending; on ties we take
@@ -49,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastjax.active.kmeans import kmeans
+from fastjax.active.kmeans import greedy_trials, kmeans
+from fastjax.active.strategies import _bucket, _pad, _valid
 
 
 @jax.jit
@@ -98,7 +100,7 @@ def logo_pick(cluster_labels, score, b: int) -> np.ndarray:
 
 
 def logo_select(local_probs, local_feats, global_probs, b: int, key, *, n_init: int = 10,
-                max_iter: int = 300, tol: float = 1e-4, local_trials: int = 1,
+                max_iter: int = 300, tol: float = 1e-4, local_trials: int | None = None,
                 block_elems: int = 2 ** 23) -> np.ndarray:
     """LoGo's query on one client's pool (module docstring).
 
@@ -108,7 +110,8 @@ def logo_select(local_probs, local_feats, global_probs, b: int, key, *, n_init: 
       global_probs: (n, C) softmax of the global model (micro step).
       b: the client's budget, 1 <= b <= n (k-means uses k = b).
       key: PRNG key for k-means (seeding of its `n_init` restarts).
-      n_init, max_iter, tol, local_trials, block_elems: `fastjax.active.kmeans.kmeans`.
+      n_init, max_iter, tol, local_trials, block_elems: `fastjax.active.kmeans.kmeans`;
+        local_trials None = sklearn's greedy seeding (`greedy_trials(b)`), 1 = classic.
 
     Returns: (b,) int64 distinct pool positions, sorted ascending.
     """
@@ -123,10 +126,15 @@ def logo_select(local_probs, local_feats, global_probs, b: int, key, *, n_init: 
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= n:
         raise ValueError(f"logo_select: budget b={b!r} must be an integer between 1 and the "
                          f"pool size {n} (k-means uses k = b clusters).")
-    emb = logo_embedding(local_probs, local_feats)
+    # Padded to a power-of-two bucket and masked: one compile serves every pool size in it.
+    rows = _bucket(n)
+    emb = logo_embedding(_pad(np.asarray(local_probs, np.float32), rows),
+                         _pad(np.asarray(local_feats, np.float32), rows))
+    trials = greedy_trials(int(b)) if local_trials is None else local_trials
     _, labels, _ = kmeans(emb, int(b), key, n_init=n_init, max_iter=max_iter, tol=tol,
-                          local_trials=local_trials, block_elems=block_elems)
-    return logo_pick(np.asarray(labels), np.asarray(neg_entropy(global_probs)), int(b))
+                          local_trials=trials, mask=_valid(n, rows), block_elems=block_elems)
+    score = neg_entropy(_pad(np.asarray(global_probs, np.float32), rows))
+    return logo_pick(np.asarray(labels)[:n], np.asarray(score)[:n], int(b))
 
 
 def logo_query(view, b: int, key, *, n_init: int = 10, max_iter: int = 300) -> np.ndarray:

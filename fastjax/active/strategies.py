@@ -19,9 +19,13 @@ behaviour a named option.
     >>> entropy(view, 2, jax.random.key(0)).tolist()
     [1, 2]
 
-Scoring is jitted and memory-bounded: pool sizes are padded to a few shape buckets so one
-compile serves many clients, pool x labeled distances are computed in blocks, and no
-n x n matrix or C*d gradient embedding is formed.
+Scoring is jitted and memory-bounded: pools and labeled sets are zero-padded on the host
+to power-of-two shape buckets and masked, so one compile serves every client and AL round
+whose sizes share a bucket (a compile per exact size would grow memory with every AL
+round); pool x labeled distances are computed in blocks, and no n x n matrix or C*d
+gradient embedding is formed. Padding changes no result: masked rows take part in
+nothing, and random draws are counter-based (JAX's default partitionable threefry), so a
+padded draw's first n values are the unpadded draw's.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastjax.active.kmeans import kmeans
+from fastjax.active.kmeans import greedy_trials, kmeans
 
 _BLOCK = 256  # labeled rows per distance block: memory is (padded pool) x _BLOCK floats
 
@@ -126,25 +130,38 @@ class PoolView:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _bucket(n: int) -> int:
-    """Round n up to one of a few sizes (<= 1/8 waste) so one compile serves many pools."""
-    if n <= 64:
-        return 64
-    step = 1 << max(n.bit_length() - 4, 0)
-    return -(-n // step) * step
+def _bucket(n: int, least: int = 64) -> int:
+    """n rounded up to a power of two (at least `least`): the shapes jitted kernels see."""
+    return max(least, 1 << max(int(n) - 1, 0).bit_length())
 
 
-def _pad(x, rows: int, value=0.0):
-    x = jnp.asarray(x)
-    pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
-    return jnp.pad(x, pad, constant_values=value)
+def _pad(x, rows: int, value=0.0) -> np.ndarray:
+    """x padded with `value` rows to `rows` rows, on the host (no compile per size)."""
+    x = np.asarray(x)
+    return np.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1), constant_values=value)
 
 
-def _finite(name: str, x) -> jax.Array:
-    x = jnp.asarray(x, jnp.float32)
-    if x.size and not bool(jnp.isfinite(x).all()):
+def _valid(n: int, rows: int) -> np.ndarray:
+    return np.arange(rows) < n
+
+
+def _finite(name: str, x) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if x.size and not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf; the query model's outputs must be finite")
     return x
+
+
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _bits(key, rows):
+    return jax.random.bits(key, (rows,), jnp.uint32)
+
+
+def random_order(key: jax.Array, n: int) -> np.ndarray:
+    """A uniformly random order of 0..n-1 (positions by ascending random 32-bit keys, ties
+    to the lower position): its first s entries are a uniform random s-subset. One
+    compile per power-of-two bucket of n; the same order as drawing exactly n keys."""
+    return np.argsort(np.asarray(_bits(key, _bucket(n)))[:n], kind="stable").astype(np.int64)
 
 
 def _labels(view: PoolView) -> np.ndarray:
@@ -192,11 +209,11 @@ def _top(score: np.ndarray, b: int) -> np.ndarray:
 
 def random_sampling(view: PoolView, b: int, key: jax.Array) -> np.ndarray:
     """b positions uniformly without replacement (LoGo `random_sampling.py`):
-    the first b of `jax.random.permutation(key, n)`, sorted."""
+    the first b of `random_order(key, n)`, sorted."""
     done = start(view, b, "random")
     if done is not None:
         return done
-    return np.sort(np.asarray(jax.random.permutation(key, view.n))[:b]).astype(np.int64)
+    return np.sort(random_order(key, view.n)[:b])
 
 
 # ----------------------------------------------------------------------------- entropy
@@ -219,7 +236,7 @@ def entropy(view: PoolView, b: int, key: jax.Array, *, eps: float = 0.0) -> np.n
     if done is not None:
         return done
     p = _finite("probs", view.probs)
-    return _top(np.asarray(_entropy(p, jnp.float32(eps)), np.float64), b)
+    return _top(np.asarray(_entropy(_pad(p, _bucket(view.n)), jnp.float32(eps)), np.float64)[:view.n], b)
 
 
 def _check_entropy(*, eps=0.0):
@@ -269,16 +286,22 @@ def kcenter_greedy(pool_x, labeled_x, b: int) -> np.ndarray:
     `furthest_first`): m(u) = min_l ||x_u - x_l|| (+inf without labeled rows); b times,
     take u* = argmax m (first of ties) and set m <- min(m, ||x - x_u*||). Returns the b
     positions into pool_x in the order chosen. A chosen point is never chosen again (the
-    reference could repeat one only when every remaining distance is 0)."""
-    pool_x, labeled_x = jnp.asarray(pool_x, jnp.float32), jnp.asarray(labeled_x, jnp.float32)
+    reference could repeat one only when every remaining distance is 0).
+
+    The points are centred first (their mean, in float64): distances do not change, but
+    the float32 expanded form ||x||^2 + ||y||^2 - 2 x.y loses every digit of a small
+    distance under a large common offset."""
+    pool_x, labeled_x = np.asarray(pool_x, np.float64), np.asarray(labeled_x, np.float64)
     n, m = pool_x.shape[0], labeled_x.shape[0]
     if not 0 <= b <= n:
         raise ValueError(f"kcenter_greedy: b={b} must be in [0, {n}]")
     if b == 0:
         return np.zeros(0, np.int64)
-    rows, lrows = _bucket(n), max(_BLOCK, -(-m // _BLOCK) * _BLOCK)
-    chosen = _kcenter(_pad(pool_x, rows), jnp.arange(rows) < n,
-                      _pad(labeled_x, lrows), jnp.arange(lrows) < m, b, _bucket(b))
+    mean = np.concatenate([pool_x, labeled_x.reshape(m, pool_x.shape[1])]).mean(axis=0)
+    pool_x, labeled_x = (pool_x - mean).astype(np.float32), (labeled_x - mean).astype(np.float32)
+    rows, lrows = _bucket(n), _bucket(m, _BLOCK)
+    chosen = _kcenter(_pad(pool_x, rows), _valid(n, rows), _pad(labeled_x, lrows), _valid(m, lrows),
+                      b, _bucket(b))
     return np.asarray(chosen)[:b].astype(np.int64)
 
 
@@ -314,7 +337,8 @@ def badge_sq_distances(q_a, h_a, q_b, h_b):
 
 
 @functools.partial(jax.jit, static_argnames=("slots",))
-def _badge(q, h, valid, key, b, slots):
+def _badge(probs, feats, valid, key, b, slots):
+    q, h = badge_parts(probs, feats)
     norm2 = jnp.sum(q * q, 1) * jnp.sum(h * h, 1)
     first = jnp.argmax(jnp.where(valid, norm2, -jnp.inf))
 
@@ -350,9 +374,9 @@ def badge(view: PoolView, b: int, key: jax.Array) -> np.ndarray:
     done = start(view, b, "badge", features=True)
     if done is not None:
         return done
-    q, h = badge_parts(_finite("probs", view.probs), _finite("feats", view.feats))
     n, rows = view.n, _bucket(view.n)
-    chosen = _badge(_pad(q, rows), _pad(h, rows), jnp.arange(rows) < n, key, b, _bucket(b))
+    chosen = _badge(_pad(_finite("probs", view.probs), rows), _pad(_finite("feats", view.feats), rows),
+                    _valid(n, rows), key, b, _bucket(b))
     return np.sort(np.asarray(chosen)[:b]).astype(np.int64)
 
 
@@ -361,19 +385,24 @@ def badge(view: PoolView, b: int, key: jax.Array) -> np.ndarray:
 ALFA_CAPS = (0.2, 0.4, 0.6, 0.8, 1.0)  # alpha_cap += 0.2 while < 1 (LoGo `alfa_mix.py`)
 
 
-def alfa_anchors(labeled_feats, labeled_y, num_classes: int) -> jax.Array:
+def alfa_anchors(labeled_feats, labeled_y, num_classes: int, valid=None) -> jax.Array:
     """a_c = mean feature of the labeled points whose label is c; the mean of the whole
-    labeled set for a class with none (ALFA-Mix anchors, LoGo `find_candidate_set`)."""
+    labeled set for a class with none (ALFA-Mix anchors, LoGo `find_candidate_set`).
+    valid: (m,) bool marking the real rows of a padded labeled set."""
     x = jnp.asarray(labeled_feats, jnp.float32)
-    onehot = jax.nn.one_hot(jnp.asarray(labeled_y), num_classes, dtype=x.dtype)
+    w = jnp.ones(x.shape[0], x.dtype) if valid is None else jnp.asarray(valid, x.dtype)
+    onehot = jax.nn.one_hot(jnp.asarray(labeled_y), num_classes, dtype=x.dtype) * w[:, None]
     count = jnp.sum(onehot, axis=0)
     mean_c = (onehot.T @ x) / jnp.maximum(count, 1.0)[:, None]
-    return jnp.where(count[:, None] > 0, mean_c, jnp.mean(x, axis=0)[None, :])
+    mean = (w @ x) / jnp.maximum(jnp.sum(w), 1.0)
+    return jnp.where(count[:, None] > 0, mean_c, mean[None, :])
 
 
 @functools.partial(jax.jit, static_argnames=("caps",))
-def _alfa_flips(h, y_hat, w, bias, anchors, caps):
+def _alfa_flips(h, probs, w, bias, lab_x, lab_y, lab_valid, caps):
     """(len(caps), n) bool: does mixing with some class anchor flip the prediction?"""
+    y_hat = jnp.argmax(probs, axis=1)
+    anchors = alfa_anchors(lab_x, lab_y, w.shape[1], lab_valid)
     logits = h @ w + bias
     g = (jax.nn.softmax(logits) - jax.nn.one_hot(y_hat, w.shape[1], dtype=h.dtype)) @ w.T
     g_norm = jnp.linalg.norm(g, axis=1)
@@ -402,15 +431,40 @@ def alfa_mix_candidates(view: PoolView, b: int, *, caps=ALFA_CAPS) -> np.ndarray
     g = 0 never flips."""
     start(view, b, "alfa_mix", features=True, labeled=True, head=True)
     y = _labels(view)
-    h = _finite("feats", view.feats)
-    y_hat = jnp.argmax(_finite("probs", view.probs), axis=1)
-    anchors = alfa_anchors(_finite("labeled_feats", view.labeled_feats), y, view.num_classes)
-    rows = _bucket(view.n)
-    flips = _alfa_flips(_pad(h, rows), _pad(y_hat, rows), _finite("head_w", view.head_w),
-                        _finite("head_b", view.head_b), anchors, tuple(float(c) for c in caps))
+    rows, lrows = _bucket(view.n), _bucket(view.m, 16)
+    flips = _alfa_flips(_pad(_finite("feats", view.feats), rows), _pad(_finite("probs", view.probs), rows),
+                        _finite("head_w", view.head_w), _finite("head_b", view.head_b),
+                        _pad(_finite("labeled_feats", view.labeled_feats), lrows), _pad(y, lrows),
+                        _valid(view.m, lrows), tuple(float(c) for c in caps))
     union = np.logical_or.accumulate(np.asarray(flips)[:, :view.n], axis=0)
     over = np.flatnonzero(union.sum(axis=1) > b)
     return union[over[0] if over.size else -1]
+
+
+def alfa_mix_cluster_picks(h, b: int, key, *, kmeans_iters: int = 300, kmeans_inits: int = 10
+                           ) -> np.ndarray:
+    """Which of ALFA-Mix's candidates it keeps (LoGo `alfa_mix.py` `sample`), as sorted
+    positions into h, the candidates' L2-normalised features (m, d).
+
+    The reference clusters them with k = min(b, m) and keeps, per non-empty cluster, the
+    member nearest its centroid (the first on ties). m > b: `kmeans` as the reference's
+    sklearn 1.0.1 `KMeans` (greedy k-means++, `kmeans_inits` restarts, at most
+    `kmeans_iters` Lloyd steps). m <= b: k = m gives every distinct point a cluster of
+    its own and exact duplicates one between them, so the result is the first of every
+    group of identical rows, without running k-means: fewer than m when rows repeat.
+    """
+    h = np.asarray(h, np.float32)
+    m = int(h.shape[0])
+    if m <= b:
+        _, first = np.unique(h, axis=0, return_index=True)
+        return np.sort(first).astype(np.int64)
+    rows = _bucket(m)
+    centers, labels, _ = kmeans(_pad(h, rows), b, key, n_init=kmeans_inits, max_iter=kmeans_iters,
+                                mask=_valid(m, rows), local_trials=greedy_trials(b))
+    labels = np.asarray(labels)[:m]
+    d2 = np.sum((h - np.asarray(centers)[labels]) ** 2, axis=1)
+    order = np.lexsort((np.arange(m), d2, labels))  # by cluster, then distance
+    return np.sort(order[np.r_[True, labels[order][1:] != labels[order][:-1]]]).astype(np.int64)
 
 
 def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: str = "distinct",
@@ -419,11 +473,12 @@ def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: st
 
     1. Candidates: `alfa_mix_candidates`.
     2. More than b candidates: k-means with k = b on their L2-normalised features
-       (`fastjax.active.kmeans`: best of `kmeans_inits` k-means++ starts by inertia, at
-       most `kmeans_iters` Lloyd steps: 10 and 300 as the reference's sklearn 1.0.1
-       `KMeans`, whose seeding is the greedy k-means++ variant) and, per non-empty cluster, the candidate
-       nearest its centroid. At most b candidates: all of them
-       (k-means with k = #candidates gives each its own cluster).
+       (`fastjax.active.kmeans`: best of `kmeans_inits` greedy k-means++ starts by
+       inertia, at most `kmeans_iters` Lloyd steps: sklearn 1.0.1's `KMeans` defaults, as
+       the reference runs) and, per non-empty cluster, the candidate nearest its
+       centroid. At most b candidates: one per distinct normalised feature vector, the
+       first of identical ones (what k-means with k = #candidates leaves the reference;
+       `alfa_mix_cluster_picks`).
     3. Shortfall filled at random from the rest of the pool: fill="distinct" (default;
        b distinct positions, as the paper's budget means) or "with_replacement" (the
        reference's `np.random.choice` default; duplicates are dropped, so fewer than b
@@ -435,25 +490,16 @@ def alfa_mix(view: PoolView, b: int, key: jax.Array, *, caps=ALFA_CAPS, fill: st
         return done
     cand = np.flatnonzero(alfa_mix_candidates(view, b, caps=caps))
     k_means, k_fill = jax.random.split(key)
-    if cand.size <= b:
-        chosen = cand
-    else:
-        h = jnp.asarray(view.feats, jnp.float32)[cand]
-        h = h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), 1e-12)
-        rows = _bucket(cand.size)
-        x, valid = _pad(h, rows), jnp.arange(rows) < cand.size
-        centers, labels, _ = kmeans(x, b, k_means, n_init=kmeans_inits, max_iter=kmeans_iters, mask=valid)
-        d2 = jnp.sum((x - centers[labels]) ** 2, axis=1)
-        labels, d2 = np.asarray(labels)[:cand.size], np.asarray(d2)[:cand.size]
-        order = np.lexsort((np.arange(cand.size), d2, labels))  # by cluster, then distance
-        first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
-        chosen = cand[first]
+    h = np.asarray(view.feats, np.float32)[cand]
+    h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), np.float32(1e-12))  # torch F.normalize
+    chosen = cand[alfa_mix_cluster_picks(h, b, k_means, kmeans_iters=kmeans_iters,
+                                         kmeans_inits=kmeans_inits)]
     rest = np.setdiff1d(np.arange(view.n), chosen)
     short = b - chosen.size
     if short > 0 and fill == "distinct":
-        extra = rest[np.asarray(jax.random.permutation(k_fill, rest.size))[:short]]
-    elif short > 0:
-        extra = rest[np.asarray(jax.random.randint(k_fill, (short,), 0, rest.size))]
+        extra = rest[random_order(k_fill, rest.size)[:short]]
+    elif short > 0:  # independent uniform draws: the first `short` keys, modulo the rest
+        extra = rest[np.asarray(_bits(k_fill, _bucket(short)))[:short] % rest.size]
     else:
         extra = np.zeros(0, np.int64)
     return np.unique(np.concatenate([chosen, extra])).astype(np.int64)
