@@ -139,9 +139,10 @@ def check_workdir(workdir: Path, defn: dict) -> None:
 
 
 def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: int = 0,
-              log=None) -> list[dict]:
+              mesh=None, log=None) -> list[dict]:
     """Run (or resume) every experiment of the grid; returns one row per experiment
-    (also written to sweep.json / sweep.md / sweep.png)."""
+    (also written to sweep.json / sweep.md / sweep.png). mesh: split each group's
+    experiments over its devices (`experiments.experiment_mesh`)."""
     from fastjax import main as fastjax_main
     from fastjax.federate.checkpoints import atomic_write_text
     from fastjax.federate.experiments import Rendezvous
@@ -157,7 +158,7 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": []}, indent=2) + "\n")
     log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}")
-    rv = Rendezvous(len(grid), experiments_per_call=experiments_per_call)
+    rv = Rendezvous(len(grid), experiments_per_call=experiments_per_call, mesh=mesh)
     results: dict[int, object] = {}
 
     def one(i, cfg, name):
@@ -283,6 +284,8 @@ def main(argv=None):
     flags.DEFINE_multi_string("sweep", [], "key=value1,value2,... (repeat for more axes)")
     flags.DEFINE_string("workdir", None, "the sweep's work directory (default: runs/<config name>_sweep)")
     flags.DEFINE_integer("experiments_per_call", 0, "experiments per compiled call (0: a group at once)")
+    flags.DEFINE_bool("shard_experiments", False, "split the experiments over every device (all hosts' "
+                      "after jax.distributed.initialize())")
 
     def parse(args):
         try:
@@ -310,7 +313,12 @@ def main(argv=None):
             from fastjax import compile_cache
 
             compile_cache.enable(f.config.compilation_cache_dir)
-            rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call)
+            mesh = None
+            if f.shard_experiments:
+                from fastjax.federate.experiments import experiment_mesh
+
+                mesh = experiment_mesh()
+            rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call, mesh=mesh)
         except KeyboardInterrupt:
             fastjax_main._error(f"interrupted; rerun the same command to resume the sweep in {workdir}", 130, hard=True)
         except (ValueError, FileNotFoundError, PermissionError) as e:

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 from fastjax.federate import aggregators, checkpoints, engine, execution, local, resume
 
 # TrainSpec fields that only set per-round values (learning rate, seed: keys, client
@@ -299,9 +301,31 @@ def _flush(ex: _Experiment, losses: dict, hits: dict, e: int, live_vars, r_now: 
         ex.ckpt.save(r_now, jax.tree.map(lambda a: a[e], live_vars))
 
 
-def fit_group(reqs: list[FitRequest], *, mesh=None) -> list:
+def experiment_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over all (or the given) devices with the axis name 'experiments'; with
+    `jax.distributed.initialize()` it spans every process's devices."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("experiments",))
+
+
+def _placement(mesh: Mesh | None, e: int):
+    """(put_split, put_shared): per-experiment arrays split over the mesh's 'experiments'
+    axis (E padded to a multiple of its size by repeating the last experiment, whose
+    copies are never read back), shared ones (the data) replicated."""
+    if mesh is None:
+        return (lambda tree: jax.tree.map(jnp.asarray, tree)), jnp.asarray
+    pad = -e % mesh.devices.size
+    split, rep = NamedSharding(mesh, P("experiments")), NamedSharding(mesh, P())
+
+    def put_split(tree):
+        return jax.tree.map(lambda a: jax.device_put(jnp.concatenate([a] + [a[-1:]] * pad) if pad else a, split),
+                            tree)
+    return put_split, lambda a: jax.device_put(a, rep)
+
+
+def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     """Run requests that share one `signature` as one computation; returns each one's
-    `engine.FitResult`, or the exception that stopped it."""
+    `engine.FitResult`, or the exception that stopped it. mesh: an `experiment_mesh` to
+    split the experiments over (None: the default device)."""
     r0 = reqs[0]
     spec0, o0 = r0.spec, r0.options
     first = o0.get("round_offset", 0) + 1
@@ -320,13 +344,15 @@ def fit_group(reqs: list[FitRequest], *, mesh=None) -> list:
     group = [reqs[i] for i in live]
     m = _participants(r0)
     round_fn = make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), o0.get("objective"))
+    put, put_shared = _placement(mesh, len(group))
     data, index, y = stack_inputs(group)
+    data, (index, y) = put_shared(data), put((index, y))
     test = share([np.asarray(r.test_x) for r in group])
     n_test = len(r0.test_x)
     evaluate = make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size)
-    test_data, test_off = jnp.asarray(test.data), jnp.asarray(test.offsets, jnp.int32)
-    test_y = jnp.asarray(np.stack([np.asarray(r.test_y) for r in group]))
-    variables = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *[r.variables for r in group])
+    test_data = put_shared(test.data)
+    test_off, test_y = put((np.asarray(test.offsets, np.int32), np.stack([np.asarray(r.test_y) for r in group])))
+    variables = put(jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *[r.variables for r in group]))
     bytes_per_client = engine.state_bytes(r0.variables)
     start = min(exps_by[i].start_round for i in live)
     keep_before_last = bool(o0.get("keep_before_last"))
@@ -337,14 +363,14 @@ def fit_group(reqs: list[FitRequest], *, mesh=None) -> list:
     for r in range(start, last_round + 1):
         ins = [_round_inputs(exps_by[i], r, first, m) for i in live]
         active = np.array([exps_by[i].start_round <= r and exps_by[i].error is None for i in live])
-        hyper = {"lr": jnp.asarray([x[3] for x in ins], jnp.float32),
-                 "round": jnp.full((len(live),), r - first, jnp.int32)}
-        keys = jnp.stack([engine.round_key(reqs[i].spec.seed, r) for i in live])
+        hyper = {"lr": np.asarray([x[3] for x in ins], np.float32),
+                 "round": np.full((len(live),), r - first, np.int32)}
+        keys = jnp.stack([engine.round_key(reqs[i].spec.seed, r) for i in live])  # stays on the device
         if keep_before_last and r == last_round:
             before = variables
-        variables, stats = round_fn(variables, data, index, y, jnp.asarray(np.stack([x[1] for x in ins])),
-                                    jnp.asarray(np.stack([x[2] for x in ins])),
-                                    jnp.asarray(np.stack([x[0] for x in ins])), hyper, keys, jnp.asarray(active))
+        per_round = put((np.stack([x[1] for x in ins]), np.stack([x[2] for x in ins]), np.stack([x[0] for x in ins]),
+                         hyper, keys, active))
+        variables, stats = round_fn(variables, data, index, y, *per_round)
         losses[r] = stats["loss"]  # on the device until the next boundary
         evaluated = (r - first + 1) % spec0.eval_every == 0 or r == last_round
         if evaluated:
@@ -389,7 +415,7 @@ def fit_group(reqs: list[FitRequest], *, mesh=None) -> list:
     return out
 
 
-def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0) -> list:
+def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, mesh: Mesh | None = None) -> list:
     """`engine.fit` for many requests: grouped by `signature`, each group run as one
     computation of at most `experiments_per_call` experiments (0: all) at a time, groups
     one after another. Returns one FitResult or exception per request, in order."""
@@ -404,7 +430,7 @@ def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0) ->
         step = experiments_per_call or len(members)
         for s in range(0, len(members), step):
             part = members[s:s + step]
-            for i, res in zip(part, fit_group([reqs[i] for i in part])):
+            for i, res in zip(part, fit_group([reqs[i] for i in part], mesh=mesh)):
                 out[i] = res
     return out
 
@@ -416,12 +442,13 @@ class Rendezvous:
     and each thread gets its own result. Host code between fits runs one thread at a
     time (the baton), so stages that are not thread-safe (plots) stay safe."""
 
-    def __init__(self, experiments: int, *, experiments_per_call: int = 0):
+    def __init__(self, experiments: int, *, experiments_per_call: int = 0, mesh: Mesh | None = None):
         self._cond = threading.Condition()
         self._running = experiments
         self._waiting: dict[int, FitRequest] = {}
         self._results: dict[int, Any] = {}
         self._per_call = experiments_per_call
+        self._mesh = mesh
 
     def __enter__(self):  # the baton, held while a thread runs its own host code
         self._cond.acquire()
@@ -451,7 +478,7 @@ class Rendezvous:
         ids, reqs = list(self._waiting), list(self._waiting.values())
         self._waiting.clear()
         try:
-            res = fit_experiments(reqs, experiments_per_call=self._per_call)
+            res = fit_experiments(reqs, experiments_per_call=self._per_call, mesh=self._mesh)
         except BaseException as err:  # noqa: BLE001 - every waiter learns of it
             res = [err] * len(reqs)
         self._results.update(zip(ids, res))
