@@ -14,6 +14,15 @@ What it sets, each from their code (`src/data.py` `get_data`, `src/config.yaml`,
     quota, ties to the lowest class (`np.argmax`), k = 10;
   * IID split over 10 clients, CNN-4, SGD lr 1e-3 held constant, momentum 0.9, weight
     decay 1e-4, 5 local epochs of batch 128, FedAvg, 100 rounds.
+Partition: their `get_data` assigns clients after labeling, on the refined labels: it sets
+`train_dataset.targets` to the seed, weak and oracle labels and splits on those. fastjax
+splits on the true labels, before any labeling, as the paper's setting has it: the
+clients' data exist before anyone labels them, and FAST and the baselines it is
+compared with must share one partition (the loop labels no data up front). Here that
+changes nothing: their `iid` split (`src/utils.py` `create_iid_shards`) reads no label,
+it draws a client per sample (sizes vary by a few percent; fastjax's are equal within
+one). With a label-skewed scheme (their `dir_balance`) a client's class mix would
+follow the weak labels' mistakes in their code and the true classes in fastjax.
 Their `src/` embeds with EVA02-L-14 (not in fastjax) and `ablation/` with SigLIP
 ViT-B/16-512; this config uses SigLIP ViT-B/16-224 (offline stand-in:
 --config.encoder.name=efficientnet_lite0 --config.encoder.variant=). Their `ablation/`
