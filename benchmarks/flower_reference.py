@@ -10,9 +10,9 @@ OMP_NUM_THREADS=num_cpus).
 Needs `flwr[simulation]` (flwr + ray), which the project does not depend on; install it in a
 separate environment with the pinned CPU torch, e.g.
 
-    python3 -m venv /tmp/flwr-venv
-    /tmp/flwr-venv/bin/pip install torch==2.13.0 numpy "flwr[simulation]"
-    /tmp/flwr-venv/bin/python benchmarks/flower_reference.py --clients 10 --steps 5 --batch 64
+    python3 -m venv ../flwr-venv
+    ../flwr-venv/bin/pip install torch==2.13.0 numpy "flwr[simulation]"
+    ../flwr-venv/bin/python benchmarks/flower_reference.py --clients 10 --steps 5 --batch 64
 
 Uses the legacy `flwr.simulation.start_simulation` (deprecated since flwr 1.13 in favour of
 `flwr run`, still shipped in 1.42), which runs the whole simulation in this process so the

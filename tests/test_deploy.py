@@ -74,21 +74,70 @@ def reference(tmp_path_factory):
     return cfg, summary, variables
 
 
+def ref_workdir(reference):
+    return Path(reference[0].encoder.cache_dir).parent / "main"
+
+
 def _nodes(tmp, **kw):
     return [site.NodeConfig(k, K, workdir=str(tmp / f"site{k}"), **kw) for k in range(K)]
 
 
-def test_sites_reproduce_the_simulation(reference, tmp_path):
+class _NoReloads(server.LocalTransport):
+    """Sites that may load their data and encoder in the preliminary pass only."""
+
+    def send(self, phase, msgs, timeout):
+        from fastjax import data, encode
+
+        def reloaded(*a, **k):
+            raise AssertionError(f"the {phase} phase loaded data or an encoder again")
+        with pytest.MonkeyPatch.context() as m:
+            for mod, name in ((site, "load_site"), (data, "load_dataset"), (data, "load_train_test"),
+                              (encode, "load_encoder"), (encode, "embed")):
+                m.setattr(mod, name, reloaded)
+            return super().send(phase, msgs, timeout)
+
+
+@pytest.fixture(scope="module")
+def deployed(reference, tmp_path_factory):
+    """The tiny config across K sites in this process, uninterrupted."""
+    cfg, _, _ = reference
+    tmp = tmp_path_factory.mktemp("deployed")
+    s = server.run_server(cfg, tmp / "server", _NoReloads(_nodes(tmp)), log=lambda m: None)
+    return s, tmp / "server"
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
+
+
+def test_sites_reproduce_the_simulation(reference, deployed):
     cfg, ref, ref_vars = reference
-    s = server.run_server(cfg, tmp_path / "server", server.LocalTransport(_nodes(tmp_path)),
-                          log=lambda m: None)
-    variables, step = _final(tmp_path / "server", cfg)
+    s, workdir = deployed
+    variables, step = _final(workdir, cfg)
     assert step == 2 and s["status"] == "done"
     _close(variables, ref_vars)
     assert s["annotations"] == ref["annotations"] == 30
     assert s["comm_mib"] == pytest.approx(ref["comm_mib"])  # the simulation's convention
     # Measured payloads: each round, each site gets and returns 1280 x 10 + 10 float32.
     assert s["payload_bytes"]["train"]["up"] >= 2 * K * (1280 * 10 + 10) * 4
+    # The pooled seeds cross the network as the simulation counts them (int64 labels).
+    assert cfg.labeling.labeled_source == "shared"
+    assert s["seed_payload_bytes"] == round(ref["shared_embedding_mib"] * 2**20) > 0
+
+
+def test_the_server_evaluates_each_round_like_the_simulation(reference, deployed):
+    """Flower's evaluate_fn: the global model on the server's test split, every round,
+    in metrics.jsonl with the simulation's fields; the same plots and summary fields."""
+    _, ref, _ = reference
+    s, workdir = deployed
+    got, want = _rows(workdir), _rows(Path(ref_workdir(reference)))
+    assert [r["round"] for r in got] == [r["round"] for r in want] == [1, 2]
+    for g, w in zip(got, want):
+        assert set(w) <= set(g), set(w) - set(g)
+        assert g["accuracy"] == pytest.approx(w["accuracy"], abs=0.011)  # a tie may flip
+    assert s["final_accuracy"] == got[-1]["accuracy"] and s["best_accuracy"] is not None
+    for plot in ("accuracy.png", "partition.png"):
+        assert (workdir / plot).stat().st_size > 0
 
 
 def test_sites_reproduce_cnn4_with_fednova(reference, tmp_path):
@@ -111,7 +160,7 @@ def test_sites_reproduce_cnn4_with_fednova(reference, tmp_path):
     _close(a, b)
 
 
-def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
+def test_round_failure_keeps_a_checkpoint_and_resumes(reference, deployed, tmp_path):
     cfg, _, ref_vars = reference
     transport = server.LocalTransport(_nodes(tmp_path))
     transport.dropped = {2: {1}}
@@ -119,12 +168,14 @@ def test_round_failure_keeps_a_checkpoint_and_resumes(reference, tmp_path):
         server.run_server(cfg, tmp_path / "server", transport, log=lambda m: None)
     assert _final(tmp_path / "server", cfg)[1] == 1  # checkpoint_every=0: saved on failure
     transport.dropped = {}
-    server.run_server(cfg, tmp_path / "server", transport, log=lambda m: None)
+    s = server.run_server(cfg, tmp_path / "server", transport, log=lambda m: None)
     variables, step = _final(tmp_path / "server", cfg)
     assert step == 2
     _close(variables, ref_vars)  # a resumed run ends where an uninterrupted one does
     rounds = [json.loads(l)["round"] for l in open(tmp_path / "server" / "metrics.jsonl")]
     assert rounds == [1, 2]
+    # ... and counts what the whole run sent, not only what the last invocation did.
+    assert s["payload_bytes"] == deployed[0]["payload_bytes"]
 
 
 def test_failure_right_after_a_checkpoint_fails_clearly_and_resumes(reference, tmp_path):
@@ -186,7 +237,10 @@ def test_aggregate_mode_leaves_a_dropped_site_out(reference, tmp_path):
     cfg, _, _ = reference
     transport = server.LocalTransport(_nodes(tmp_path))
     transport.dropped = {2: {1}}
-    server.run_server(cfg, tmp_path / "server", transport, on_failure="aggregate", log=lambda m: None)
+    s = server.run_server(cfg, tmp_path / "server", transport, on_failure="aggregate",
+                          log=lambda m: None)
+    assert s["status"] == "done" and s["rounds_with_dropped_sites"] == 1
+    assert s["dropped_sites"] == {"2": [1]}
     recs = [json.loads(l) for l in open(tmp_path / "server" / "metrics.jsonl")]
     assert [r["clients"] for r in recs] == [2, 1]
     assert recs[1]["dropped"] == [1] and "dropped" not in recs[0]
@@ -232,6 +286,13 @@ def test_human_annotations_across_sites(reference, tmp_path):
     s = server.run_server(human, tmp_path / "server", server.LocalTransport(nodes), log=lambda m: None)
     assert s["status"] == "done" and s["annotations"] == 30
     _close(_final(tmp_path / "server", cfg)[0], ref_vars)
+    # Annotations are part of the run's identity on each site: changed ones are refused.
+    rows[0]["label"] = "0" if truth[int(rows[0]["sample_id"])] else "1"
+    with open(tmp_path / "changed.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["sample_id", "label"], [rows[0]["sample_id"], rows[0]["label"]]])
+    annotate.import_annotations(tmp_path / "changed.csv", nodes[-1].site_dir)
+    with pytest.raises(ValueError, match=f"site {K - 1}'s annotations.csv changed since this run"):
+        server.run_server(human, tmp_path / "server", server.LocalTransport(nodes), log=lambda m: None)
 
 
 def test_sites_with_their_own_image_folders(reference, tmp_path):
@@ -330,6 +391,7 @@ def flower_cluster(tmp_path_factory):
     link, *node_ports = _free_ports(1 + K)
     # Flower starts its helpers (flower-superexec, flwr-clientapp) by name: PATH has our venv.
     env = dict(os.environ, FLWR_HOME=str(tmp / "home"), JAX_PLATFORMS="cpu",
+               FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1",
                PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
     (tmp / "home").mkdir()
     (tmp / "home" / "config.toml").write_text(
@@ -365,17 +427,119 @@ def flower_cluster(tmp_path_factory):
 
 
 def _flwr_run(tmp, env, cfg, workdir, **run_config):
-    (tmp / "config.json").write_text(payload.config_to_json(cfg))
-    (tmp / "tiny_config.py").write_text(
-        "from fastjax.deploy.payload import config_from_json\n\n\ndef get_config():\n"
-        f"    return config_from_json(open({str(tmp / 'config.json')!r}).read())\n")
-    rc = {"config": str(tmp / "tiny_config.py"), "workdir": str(workdir), "wait-nodes": 60,
+    rc = {"config": _config_file(tmp, cfg), "workdir": str(workdir), "wait-nodes": 60,
           **run_config}
     args = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in rc.items())
     out = subprocess.run([str(BIN / "flwr"), "run", str(APP), "local", "--stream",
                           "--run-config", args], cwd=tmp, env=env, capture_output=True,
                          text=True, timeout=400)
     return out.stdout + out.stderr
+
+
+class _Grid:
+    """Flower's Grid with `nodes` connected that no message ever reaches (the run fails
+    before sending any)."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def _config_file(tmp, cfg):
+    (tmp / "config.json").write_text(payload.config_to_json(cfg))
+    (tmp / "tiny_config.py").write_text(
+        "from fastjax.deploy.payload import config_from_json\n\n\ndef get_config():\n"
+        f"    return config_from_json(open({str(tmp / 'config.json')!r}).read())\n")
+    return str(tmp / "tiny_config.py")
+
+
+@_needs_flwr
+def test_a_failed_flower_run_says_why_in_one_line_and_records_it(reference, tmp_path, capsys):
+    """No SuperNodes, a locked work directory, a config mismatch: one line each from the
+    ServerApp (no traceback), status.json says "failed", and the status CLI exits 1."""
+    import types
+
+    from fastjax import config as config_lib
+    from fastjax.deploy import server_app, status
+
+    cfg, _, _ = reference
+    work = tmp_path / "server"
+
+    def run(grid, **rc):
+        context = types.SimpleNamespace(run_id=7, run_config={
+            "config": _config_file(tmp_path, cfg), "workdir": str(work), "wait-nodes": 0, **rc})
+        server_app.main(grid, context)  # returns: the outcome is in status.json
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("[fastjax] failed:") == 1, err
+        assert json.loads((work / "status.json").read_text())["status"] == "failed"
+        assert status.main([str(work)]) == 1
+        return next(line for line in capsys.readouterr().out.splitlines())
+
+    assert "0 SuperNodes connected" in run(_Grid([]))
+    with config_lib.open_run(work, cfg):
+        assert "is in use by" in run(_Grid([1, 2]))
+    (work / "metrics.jsonl").write_text('{"round": 1, "loss": 1.0, "comm_mib": 0.1}\n')
+    assert "holds a different run" in run(_Grid([1, 2]), overrides="train.lr=0.5")
+    assert status.main([str(tmp_path / "nowhere")]) == 1
+
+
+def _readme_block(marker):
+    """The fenced bash block right after `<!-- marker -->` in README.md."""
+    text = (APP.parents[1] / "README.md").read_text()
+    m = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)\n```", text, re.S)
+    assert m, f"README.md has no bash block after <!-- {marker} -->"
+    return m.group(1)
+
+
+def _free_port_run(n, tries=50):
+    """A port p with p ... p + n - 1 all free on 127.0.0.1."""
+    rng = np.random.default_rng()
+    for _ in range(tries):
+        p = int(rng.integers(20000, 60000))
+        try:
+            socks = []
+            for q in range(p, p + n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", q))
+            return p
+        except OSError:
+            continue
+        finally:
+            for sk in socks:
+                sk.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+@flower
+@pytest.mark.slow
+def test_readme_one_machine_flower_block_runs_as_written(reference, tmp_path):
+    """The README's one-machine recipe, run by bash as written (small sizes through its
+    documented environment variables; every process stopped afterwards)."""
+    cfg, _, _ = reference
+    runs = tmp_path / "runs"
+    small = (f"data.train_limit=300 data.test_limit=100 encoder.image_size=32 "
+             f"encoder.cache_dir={cfg.encoder.cache_dir} train.rounds=2 train.local_epochs=1 "
+             "train.eval_every=1")
+    env = dict(os.environ, FASTJAX_FLOWER_PORT=str(_free_port_run(3)), FASTJAX_FLOWER_RUNS=str(runs),
+               FASTJAX_FLOWER_OVERRIDES=small, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(["bash", "-c", _readme_block("flower-one-machine")], cwd=APP.parents[1],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the block left behind
+        except ProcessLookupError:
+            pass
+    assert json.loads((runs / "server" / "status.json").read_text())["status"] == "done", out[-3000:]
+    assert "round 2/2: loss" in out and "[fastjax] done: 2 rounds" in out, out[-3000:]
+    assert re.search(r"^done: .*summary.json", out, re.M), out[-3000:]  # the status command
+    rows = _rows(runs / "server")
+    assert [r["round"] for r in rows] == [1, 2] and all("accuracy" in r for r in rows)
+    assert (runs / "server" / "accuracy.png").exists() and (runs / "site1" / site.TRAIN_SET).exists()
 
 
 @flower
@@ -416,6 +580,9 @@ def test_flower_supernode_dropping_out_mid_run(reference, flower_cluster):
     killer.join(timeout=5)
     assert node1.poll() is not None, log[-3000:]
     assert "site 1 failed" in log and "checkpointed" in log, log[-3000:]
+    # One line from the ServerApp, no traceback; the outcome is recorded for scripts.
+    assert log.count("[fastjax] failed:") == 1 and "Traceback" not in log, log[-3000:]
+    assert json.loads((workdir / "status.json").read_text())["status"] == "failed"
     rounds = [json.loads(l)["round"] for l in open(metrics)]
     last = rounds[-1]
     assert last == 1 and _final(workdir, cfg)[1] == 1

@@ -11,12 +11,22 @@ Run config (`[tool.flwr.app.config]` in fastjax/deploy/pyproject.toml; override 
               stops the run (checkpoint kept) or is left out of that round's aggregate
   timeout     seconds to wait for the sites' replies, per phase and per round
   wait-nodes  seconds to wait for all SuperNodes to connect
+  poll        seconds between the server's checks for the sites' replies (default 0.05;
+              Flower's own Grid.send_and_receive waits 3 s between checks)
+
+`flwr run` exits 0 whatever the run's outcome (Flower's CLI does not report it), so the
+ServerApp writes the outcome to `<workdir>/status.json` ("running", then "done",
+"awaiting_annotations" or "failed" with the reason in one line) and prints a failure
+as one line instead of a traceback; `python -m fastjax.deploy.status <workdir>` exits 0
+only for "done".
 """
 
 from __future__ import annotations
 
 import ast
+import datetime
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -25,11 +35,14 @@ import time
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from fastjax import files
 from fastjax.deploy import server
 from fastjax.deploy.records import from_records, to_records
 
 app = ServerApp()
 MESSAGE_TYPES = {"preliminary": "query.preliminary", "refine": "query.refine", "train": "train"}
+POLL_SECONDS = 0.05  # how often the server asks the SuperLink for the sites' replies
+STATUS = "status.json"
 
 
 def load_config(path: str, overrides: str = ""):
@@ -70,8 +83,8 @@ def error_reason(reason: str) -> str:
 class FlowerTransport:
     """`server.Transport` over Flower's Grid: one SuperNode per client id."""
 
-    def __init__(self, grid: Grid, num_clients: int, wait_nodes: float):
-        self._grid = grid
+    def __init__(self, grid: Grid, num_clients: int, wait_nodes: float, poll: float = POLL_SECONDS):
+        self._grid, self._poll = grid, poll
         self._node_of: dict[int, int] = {}
         deadline = time.monotonic() + wait_nodes
         while len(list(grid.get_node_ids())) < num_clients:
@@ -81,11 +94,23 @@ class FlowerTransport:
                                    f"(partition.num_clients={num_clients})")
             time.sleep(0.5)
 
+    def _send_and_receive(self, out: list[Message], timeout: float) -> list[Message]:
+        """Grid.send_and_receive, checking for replies every `poll` seconds, not its fixed 3 s."""
+        waiting = set(self._grid.push_messages(out))
+        answers, deadline = [], time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            got = list(self._grid.pull_messages(waiting))
+            answers += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting:
+                time.sleep(self._poll)
+        return answers
+
     def _exchange(self, phase, by_node: dict[int, dict], timeout):
         out = [Message(to_records(m), dst_node_id=node, message_type=MESSAGE_TYPES[phase],
                        group_id=f"{phase}-{m.get('round', 0)}") for node, m in by_node.items()]
         replies, errors = {}, {}
-        answers = list(self._grid.send_and_receive(out, timeout=timeout))
+        answers = self._send_and_receive(out, timeout)
         # By the message answered: the SuperLink itself answers for a node it lost.
         dst = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
         for rep in answers:
@@ -124,12 +149,36 @@ class FlowerTransport:
                 {**gone, **{client[n]: e for n, e in errors.items() if n in client}})
 
 
+def write_status(workdir, run_id, status: str, **extra) -> None:
+    """<workdir>/status.json: this `flwr run`'s outcome (best effort: a work directory
+    that cannot be written keeps none)."""
+    record = {"status": status, "run_id": str(run_id),
+              "time": datetime.datetime.now().isoformat(timespec="seconds"), **extra}
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        files.atomic_write_text(os.path.join(workdir, STATUS), json.dumps(record, indent=2) + "\n")
+    except OSError:
+        pass
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
-    config = load_config(str(rc.get("config", "")), str(rc.get("overrides", "")))
-    transport = FlowerTransport(grid, config.partition.num_clients, float(rc.get("wait-nodes", 120)))
+    workdir = str(rc.get("workdir", "runs/flower"))
     log = lambda m: print(f"[fastjax] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    server.run_server(config, str(rc.get("workdir", "runs/flower")), transport,
-                      on_failure=str(rc.get("on-failure", "fail")),
-                      timeout=float(rc.get("timeout", 600)), log=log)
+    write_status(workdir, context.run_id, "running")
+    try:
+        config = load_config(str(rc.get("config", "")), str(rc.get("overrides", "")))
+        on_failure, timeout = str(rc.get("on-failure", "fail")), float(rc.get("timeout", 600))
+        server.check_config(config, on_failure)  # before waiting for SuperNodes
+        transport = FlowerTransport(grid, config.partition.num_clients, float(rc.get("wait-nodes", 120)),
+                                    float(rc.get("poll", POLL_SECONDS)))
+        summary = server.run_server(config, workdir, transport, on_failure=on_failure,
+                                    timeout=timeout, log=log)
+    except Exception as e:  # noqa: BLE001  (one line for the person, the outcome in status.json)
+        reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        log(f"failed: {reason}")
+        write_status(workdir, context.run_id, "failed", error=reason)
+        return
+    write_status(workdir, context.run_id, summary["status"],
+                 summary=os.path.join(workdir, "summary.json"))

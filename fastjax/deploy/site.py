@@ -11,7 +11,8 @@ reply payload. They are the three phases of FAST on one client:
                most uncertain samples to the oracle (simulated, or a person through
                query.csv / annotations.csv in the site's work directory, see
                `fastjax.label.annotate`); the training set is stored in the work
-               directory;
+               directory. It reads what the preliminary pass stored there (embeddings,
+               labels, rows), not the data or the encoder;
   train        one local update (`fastjax.federate.local.make_local_update`, jitted, the
                same function the simulation vmaps) from the global variables, with the
                key the simulation gives this client (`engine.client_key`).
@@ -34,11 +35,13 @@ from typing import Mapping
 
 import numpy as np
 
+from fastjax import files
 from fastjax.deploy import payload as pl
 
 NODE_KEYS = ("partition-id", "num-partitions", "data-root", "data-folder", "workdir",
              "encoder-checkpoint")
 TRAIN_SET = "train_set.npz"
+STATE = "site_state.npz"  # the preliminary pass's results, read by the refinement pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +91,7 @@ class Site:
 
 def load_site(config, node: NodeConfig) -> Site:
     from fastjax import data, partition
-    from fastjax.methods.common import subset
+    from fastjax.methods import common
 
     k, p = node.partition_id, config.partition
     if node.num_partitions != p.num_clients:
@@ -109,17 +112,13 @@ def load_site(config, node: NodeConfig) -> Site:
                                         mode=config.seed_labels.mode, seed=config.seed + k)
         pool, size, source = pools[0], 0, str(folder)
     else:
-        root = node.data_root or config.data.root or None
-        train = subset(data.load_dataset(config.data.name, "train", root),
-                        config.data.train_limit, config.seed)
-        test_labels = None
-        if p.scheme == "logo":  # LoGo splits the test set too; its draw depends on it
-            test_labels = subset(data.load_dataset(config.data.name, "test", root),
-                                  config.data.test_limit, config.seed + 1).labels
-        part = partition.make_partition(
-            p.scheme, train.labels, p.num_clients, config.seed, alpha=p.alpha,
-            classes_per_client=p.classes_per_client, test_labels=test_labels,
-            num_classes=train.num_classes)
+        if node.data_root:
+            config = config.copy_and_resolve_references()
+            config.data.root = node.data_root
+        # The one-process job's data and partition stages (its partition report included).
+        node.site_dir.mkdir(parents=True, exist_ok=True)
+        train, test = common.load_data(config)
+        part = common.make_partition(config, train, test, node.site_dir)
         pools, _ = partition.split_seed(part, train.labels, config.seed_labels.fraction,
                                         mode=config.seed_labels.mode, seed=config.seed)
         own, pool, size = part.train[k], pools[k], len(train)
@@ -156,7 +155,7 @@ def preliminary(config, node: NodeConfig) -> dict:
     reply = {"client": site.client, "n": len(site.sample_ids), "pool": len(site.pool_rows),
              "seeds": len(site.seed_rows), "dataset_size": site.dataset_size,
              "class_names": json.dumps(site.class_names)}
-    z = embed_site(site, config, node)  # cached on disk for the refinement pass
+    z = embed_site(site, config, node)
     if config.model.name == "linear":
         z64 = z.astype(np.float64)
         reply.update(dim=z.shape[1], sum=z64.sum(0), sumsq=np.square(z64).sum(0), count=len(z))
@@ -165,8 +164,45 @@ def preliminary(config, node: NodeConfig) -> dict:
         reply.update(shape=json.dumps(list(site.images.shape[1:])), sum=x.sum(0),
                      sumsq=np.square(x).sum(0), count=len(x))
     if config.labeling.labeled_source == "shared":
-        reply.update(seed_z=z[site.seed_rows], seed_y=site.labels[site.seed_rows].astype(np.int32))
+        # int64 labels: the simulation's byte count (`shared_embedding_bytes`) assumes them.
+        reply.update(seed_z=z[site.seed_rows], seed_y=site.labels[site.seed_rows].astype(np.int64))
+    _save_state(site, z, config, node)
     return reply
+
+
+def _save_state(site: Site, z: np.ndarray, config, node: NodeConfig) -> None:
+    """What the refinement pass needs, under this run's signature: the embeddings and
+    rows (and the images when the model trains on pixels)."""
+    images = site.images if config.model.name != "linear" else np.zeros((0,), np.uint8)
+    node.site_dir.mkdir(parents=True, exist_ok=True)
+    fields = {f.name: getattr(site, f.name) for f in dataclasses.fields(Site)} | {"images": images}
+    files.atomic_write(node.site_dir / STATE, lambda f: np.savez(
+        f, z=z, signature=pl.signature(pl.config_to_json(config)),
+        **{k: json.dumps(v) if isinstance(v, tuple) else v for k, v in fields.items()}))
+
+
+def _load_state(config, node: NodeConfig) -> tuple[Site, np.ndarray]:
+    """This site and its embeddings as the preliminary pass of this run left them."""
+    signature = pl.signature(pl.config_to_json(config))
+    path = node.site_dir / STATE
+    if not path.exists():
+        raise FileNotFoundError(f"site {node.partition_id}: no {path}; the preliminary pass must "
+                                "run on this node first (restart the run)")
+    with np.load(path) as d:
+        if str(d["signature"]) != signature:
+            raise ValueError(f"site {node.partition_id}: {path} belongs to another run; restart the run")
+        kw = {f.name: d[f.name] for f in dataclasses.fields(Site)}
+        z = d["z"]
+    kw.update(client=int(kw["client"]), class_names=tuple(json.loads(str(kw["class_names"]))),
+              dataset_size=int(kw["dataset_size"]), source=str(kw["source"]))
+    site = Site(**kw)
+    if site.images.ndim == 1:  # linear probing: images only for a person's contact sheets
+        site = dataclasses.replace(site, images=None)
+    return site, z
+
+
+def _images(site: Site, rows, config, node: NodeConfig) -> np.ndarray:
+    return (site.images if site.images is not None else load_site(config, node).images)[rows]
 
 
 class _ByRow:
@@ -189,8 +225,8 @@ class _ByRow:
 def _label(site: Site, z: np.ndarray, config, msg: dict, oracle):
     """label_clients on this site alone: its pool, budget b_k from the server, and its
     own seed or the pooled seeds (placed in client order, as the one-process job has them)."""
-    from fastjax import config as config_lib
     from fastjax.label import label_clients
+    from fastjax.methods.common import label_options
     from fastjax.partition import ClientPool
 
     lab, k = config.labeling, site.client
@@ -206,11 +242,8 @@ def _label(site: Site, z: np.ndarray, config, msg: dict, oracle):
                  for j in range(len(counts))]
         emb, pos = np.concatenate([z, msg["shared_z"]]), k
     budget = int(msg["budget"]) if lab.merge in ("human+weak", "human") else None
-    result = label_clients(
-        pools, emb, oracle, len(site.class_names), budget=budget, k=lab.k, measure=lab.measure,
-        score_source=lab.score_source, normalize=lab.normalize, class_aware=lab.class_aware,
-        strategy=lab.strategy, labeled_source=lab.labeled_source, merge=lab.merge,
-        tie_break=lab.tie_break, seed=config.seed, policy=config_lib.weak_label_policy(config))
+    result = label_clients(pools, emb, oracle, len(site.class_names), budget=budget,
+                           **label_options(config))
     return result, pos
 
 
@@ -221,8 +254,7 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
     from fastjax.label import annotate, client_training_sets
     from fastjax.partition import Oracle
 
-    site = load_site(config, node)
-    z = embed_site(site, config, node)
+    site, z = _load_state(config, node)
     n_shared = len(msg.get("shared_y", ()))
     hidden = np.concatenate([site.labels, np.zeros(n_shared, np.int64)])
     oracle = Oracle(hidden)
@@ -231,7 +263,8 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
         rows = probe.queried_idx[pos]
         query = annotate.make_query([site.sample_ids[rows]], site.class_names, clients=[site.client])
         # The inner oracle is asked by sample id; label reports go through _ByRow.
-        human = annotate.annotation_oracle(node.site_dir, query, site.images[rows], np.zeros(0))
+        human = annotate.annotation_oracle(node.site_dir, query, _images(site, rows, config, node),
+                                           np.zeros(0))
         if human is None:
             return {"status": "awaiting", "client": site.client, "queried": int(rows.size),
                     "query": str(node.site_dir / annotate.QUERY_CSV)}
@@ -245,12 +278,12 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
         x = ((z[rows] - msg["mean"]) / msg["std"]).astype(np.float32)
     else:
         x = site.images[rows]
-    node.site_dir.mkdir(parents=True, exist_ok=True)
-    tmp = node.site_dir / (TRAIN_SET + ".tmp.npz")
-    np.savez(tmp, x=x, y=y.astype(np.int32), signature=msg["signature"],
-             mean=np.asarray(msg["mean"], np.float32), std=np.asarray(msg["std"], np.float32), **extra)
-    os.replace(tmp, node.site_dir / TRAIN_SET)
-    return {"status": "ready", "client": site.client, "annotations": int(result.annotations),
+    files.atomic_write(node.site_dir / TRAIN_SET, lambda f: np.savez(
+        f, x=x, y=y.astype(np.int32), signature=msg["signature"],
+        mean=np.asarray(msg["mean"], np.float32), std=np.asarray(msg["std"], np.float32), **extra))
+    digest = {"annotations_digest": annotate.annotations_digest(node.site_dir) or ""} \
+        if config.labeling.oracle == "annotations" else {}
+    return {"status": "ready", "client": site.client, "annotations": int(result.annotations), **digest,
             "train_n": int(len(y)), "human_labels": int(result.is_human[pos].sum()),
             "weak_acc_before": float(result.weak_acc_before[pos]),
             "weak_acc_after": float(result.weak_acc_after[pos])}
