@@ -42,6 +42,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _flower(out: pathlib.Path, overrides: str, server_poll: float, exec_poll: float) -> float:
     """One `flwr run` on a fresh SuperLink + 2 SuperNodes; median seconds per round."""
     link, nodes = _free_port(), [_free_port(), _free_port()]
@@ -57,6 +62,11 @@ def _flower(out: pathlib.Path, overrides: str, server_poll: float, exec_poll: fl
                                        "--disable-runtime-dependency-installation"], env=env,
                                       stdout=open(out / "superlink.log", "w"), stderr=subprocess.STDOUT,
                                       start_new_session=True))
+        deadline = time.monotonic() + 60
+        while not _listening(link):  # the SuperLink is up
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise SystemExit(f"the SuperLink did not start; see {out / 'superlink.log'}")
+            time.sleep(0.5)
         for k, port in enumerate(nodes):
             procs.append(subprocess.Popen(
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
@@ -73,7 +83,8 @@ def _flower(out: pathlib.Path, overrides: str, server_poll: float, exec_poll: fl
             os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(timeout=30)
-    status = json.loads((out / "server" / "status.json").read_text())
+    path = out / "server" / "status.json"
+    status = json.loads(path.read_text()) if path.exists() else {"status": "none", "log": str(out)}
     if status["status"] != "done":
         raise SystemExit(f"flower run in {out} did not finish: {status}")
     return _median_seconds(out / "server")

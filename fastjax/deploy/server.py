@@ -218,6 +218,8 @@ def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
     traffic = _Bytes()
 
     # 1. preliminary pass on every site
+    log(f"preliminary pass: {K} sites load and embed their data (the first run embeds every "
+        "image, minutes on a CPU; later runs read the sites' caches)")
     msg1 = {"config": cj}
     rep1 = transport.first_contact("preliminary", msg1, timeout)
     traffic.add("preliminary", [msg1] * len(rep1), rep1.values())
@@ -245,7 +247,8 @@ def _run(config, workdir: Path, transport, on_failure, timeout, log) -> dict:
                   "shared_y": np.concatenate([rep1[k]["seed_y"] for k in range(K)]),
                   "shared_counts": np.asarray(counts, np.int64)}
         shared_bytes = shared_embedding_bytes(counts, shared["shared_z"].shape[1])
-    log(f"preliminary pass: {K} sites, {n_train} train samples, budget {budget} split {budgets.tolist()}")
+    log(f"preliminary pass done: {K} sites, {n_train} train samples, budget {budget} split "
+        f"{budgets.tolist()}; refinement pass (the oracle's labels) next")
 
     # 2. refinement on every site
     msgs2 = {k: {"config": cj, "signature": sig, "budget": int(budgets[k]), "mean": mean,
