@@ -49,7 +49,13 @@ def test_client_shares_equal_then_water_filled():
     assert active.client_shares(90, [10, 50, 50]).tolist() == [10, 40, 40]  # a short client's rest moves on
 
 
-def test_loop_end_to_end_budgets_and_metrics(tiny_folder, tmp_path):
+def test_loop_end_to_end_budgets_and_metrics(tiny_folder, tmp_path, monkeypatch):
+    from fastjax.federate import engine
+
+    plots = []
+    real_plot = engine.plot_history
+    monkeypatch.setattr(engine, "plot_history", lambda h, p, boundaries=(): plots.append(
+        (len(h), list(boundaries))) or real_plot(h, p, boundaries))
     cfg = _cfg(tiny_folder)
     s = fast_main.run(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
@@ -79,6 +85,25 @@ def test_loop_end_to_end_budgets_and_metrics(tiny_folder, tmp_path):
     assert s["final_accuracy"] == last[-1] and s["last5_accuracy"] == pytest.approx(np.mean(last))
     assert s["fl_rounds"] == 9 and set(s["wall_seconds"]) >= {"query", "train"}
     assert s["final_accuracy"] > 0.5  # 4 classes; the quadrant pattern is easy
+    # The accuracy plot marks where AL rounds 2 and 3 start (after FL rounds 3 and 6).
+    assert plots[-1] == (9, [(3.5, "AL 2"), (6.5, "AL 3")])
+    assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accuracy_plot_draws_the_boundaries_from_zero(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from fastjax.federate import engine
+
+    lines, limits = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda ax, x, **kw: lines.append(x))
+    real_ylim = matplotlib.axes.Axes.set_ylim
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylim",
+                        lambda ax, *a, **kw: limits.append(a) or real_ylim(ax, *a, **kw))
+    history = [{"round": r, "al_round": 1 + (r > 2), "accuracy": 0.6 + 0.01 * r, "comm_mib": r} for r in (1, 2, 3, 4)]
+    assert active.al_boundaries(history) == [(2.5, "AL 2")]
+    engine.plot_history(history, tmp_path / "a.png", boundaries=active.al_boundaries(history))
+    assert lines == [2.5] and limits.count((0, 1)) == 2  # both accuracy axes from 0
 
 
 def test_resume_mid_al_round_is_bitwise(tiny_folder, tmp_path, monkeypatch):
@@ -168,6 +193,9 @@ def test_logo_lr_drop_matches_reference_rule():
     ({"active__strategy": "kafal", "active__initial": 0.01}, r"no labeled samples .* KAFAL"),
     ({"active__strategy": "entropy", "active__query_model": "local_only", "active__initial": 0.01},
      "no labeled samples .* LoGo's local-only models"),
+    ({"active__strategy": "alfa_mix", "active__initial": 0.01}, r"no labeled samples .* alfa_mix's query"),
+    ({"active__strategy": "entropy", "active__initial": 0.01},
+     r"active.initial=0.01 labels .* = 2 samples, less than one per client .* at least 0.0125$"),
 ])
 def test_what_the_partition_decides_fails_before_training(tiny_folder, tmp_path, over, msg):
     # 240 samples over 3 clients: 1% is 2 samples, so one client starts with none.
@@ -357,3 +385,106 @@ def test_every_strategy_runs_the_loop_and_reads_only_what_it_queried(tiny_folder
     jax.tree.map(np.testing.assert_array_equal, final_checkpoint(tmp_path / "a"),
                  final_checkpoint(tmp_path / "b"))
     assert s2["annotations"] == s["annotations"]
+
+
+# ------------------------------------------------------------------ the loop's files and Ctrl-C
+
+
+def test_missing_loop_files_are_named_before_compute(tiny_folder, tmp_path):
+    import shutil
+
+    cfg = _cfg(tiny_folder, active__rounds=2, train__rounds=1, train__local_steps=1)
+    fast_main.run(cfg, tmp_path / "a", progress=False)
+    (tmp_path / "a" / "summary.json").unlink()  # as if stopped after its last checkpoint
+    for name, what in (("al_01.npz", "AL round 1's labeled sets"), ("al_02.npz", "AL round 2's labeled sets"),
+                       ("al_01.json", "AL round 1's results")):
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "a", run)
+        (run / "active" / name).unlink()
+        with pytest.raises(ValueError, match=rf"lacks {name} \({what}\), which its checkpoints up to FL "
+                                             r"round 2 presuppose") as e:
+            fast_main.run(cfg, run, progress=False)
+        assert "\n" not in str(e.value)  # fastjax.main prints it as one line, exit status 2
+    # The last AL round's results may be missing (the job stopped after its checkpoint).
+    (tmp_path / "a" / "active" / "al_02.json").unlink()
+    assert fast_main.run(cfg, tmp_path / "a", progress=False)["annotations"] == 48
+
+
+def _press_ctrl_c_in_a_finaliser():
+    """SIGINT whose handler runs inside a finaliser: Python's default handler raises the
+    KeyboardInterrupt there, where it is printed and lost ("Exception ignored in")."""
+    import os
+    import signal
+
+    class Collected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler runs here
+
+    Collected()
+
+
+def test_ctrl_c_during_a_query_stops_at_the_next_client(tiny_folder, tmp_path, monkeypatch):
+    import signal
+
+    from fastjax.active import STRATEGIES
+
+    import functools
+
+    real, calls = STRATEGIES["entropy"], []
+
+    @functools.wraps(real)  # the same options, as the config's validation reads them
+    def pressed_mid_query(view, b, key, **kw):
+        calls.append(b)
+        if len(calls) == 1:
+            _press_ctrl_c_in_a_finaliser()
+        return real(view, b, key, **kw)
+
+    monkeypatch.setitem(STRATEGIES, "entropy", pressed_mid_query)
+    cfg = _cfg(tiny_folder, active__rounds=2, train__rounds=1, train__local_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert len(calls) == 1  # the second client's query never started
+    assert not (tmp_path / "run" / "active" / "al_02.npz").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    with pytest.raises(KeyboardInterrupt):
+        with active.Interrupts(tmp_path) as interrupts:
+            _press_ctrl_c_in_a_finaliser()
+            assert interrupts.pressed and exits == []
+            _press_ctrl_c_in_a_finaliser()
+            assert exits == [130]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("fastjax: error: interrupted twice") and str(tmp_path) in last
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_later_al_rounds_query_without_compiling(tiny_folder, tmp_path, monkeypatch):
+    """Pools shrink every AL round; sizes within one power-of-two bucket reuse the
+    compiled query (a compile per exact size grew the loop's memory every AL round)."""
+    from tests.test_strategies import counting_compiles
+
+    real, counts = active._Querier.query, []
+
+    def counted(self, *args, **kw):
+        with counting_compiles() as compiles:
+            out = real(self, *args, **kw)
+        counts.append(compiles[0])
+        return out
+
+    monkeypatch.setattr(active._Querier, "query", counted)
+    # 240 samples, 3 clients: 10 labeled each, then 3 more per AL round: pools 70 -> 67,
+    # labeled sets 10 -> 13 (one bucket each), 16 at the end (the capacity of the badge
+    # run above: its compiled training is reused).
+    cfg = _cfg(tiny_folder, active__strategy="badge", active__rounds=3, active__initial=0.125,
+               active__query=0.0375, train__rounds=1, train__local_steps=1)
+    s = fast_main.run(cfg, tmp_path / "run", progress=False)
+    assert [r["labeled"] for r in s["al_rounds"]] == [30, 39, 48]
+    assert len(counts) == 2 and counts[1] == 0, counts

@@ -1,5 +1,5 @@
 """Query strategies of iterative FAL against independent numpy/scipy references on small
-hand-made pools (fastjax/active; recipes in shared/research/FAL_BASELINES.md Sec. 2)."""
+hand-made pools (fastjax/active; recipes from raymin0223/LoGo `query_strategies/`)."""
 
 import contextlib
 import dataclasses

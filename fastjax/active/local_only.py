@@ -28,8 +28,9 @@ from fastjax.federate import local
 
 def make_local_only_trainer(model, preprocess, *, batch_size: int, momentum: float,
                             weight_decay: float):
-    """train(init_vars, clients, *, lr, key, max_epochs=50, stop_accuracy=0.99) ->
-    (stacked client variables with a leading client axis, epochs each client trained).
+    """train(init_vars, clients, *, lr, key, max_epochs=50, stop_accuracy=0.99,
+    between_epochs=None) -> (stacked client variables with a leading client axis, epochs
+    each client trained); `between_epochs()` is called before every epoch.
 
     Each client trains one model from `init_vars` on its own data (engine.ClientArrays).
     The jitted epoch and accuracy steps are built once here: calls with the same client
@@ -43,7 +44,8 @@ def make_local_only_trainer(model, preprocess, *, batch_size: int, momentum: flo
     accuracy = jax.jit(jax.vmap(lambda v, xk, yk, nk: _train_accuracy(model, v, xk, yk, nk, preprocess,
                                                                       batch_size)))
 
-    def train(init_vars, clients, *, lr: float, key, max_epochs: int = 50, stop_accuracy: float = 0.99):
+    def train(init_vars, clients, *, lr: float, key, max_epochs: int = 50, stop_accuracy: float = 0.99,
+              between_epochs=None):
         empty = np.flatnonzero(clients.n == 0)
         if empty.size:
             raise ValueError(f"clients {empty.tolist()} have no labeled samples, so no local-only model "
@@ -58,6 +60,8 @@ def make_local_only_trainer(model, preprocess, *, batch_size: int, momentum: flo
         epochs = np.zeros(k, np.int64)
         done = np.zeros(k, bool)
         for e in range(max_epochs):
+            if between_epochs is not None:  # e.g. the loop's interrupt check
+                between_epochs()
             steps = np.where(done, 0, spe).astype(np.int32)
             keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, e), i))(jnp.arange(k))
             stacked, _ = update(stacked, x, y, n, jnp.asarray(steps), lr, keys)

@@ -5,13 +5,13 @@ one (`apply_preset`), and command-line overrides come after it. Sources:
 
 | preset          | source                                   | setting |
 |-----------------|------------------------------------------|---------|
-| `logo`          | LoGo (Kim et al., CVPR 2023), raymin0223/LoGo `main.py`, `util/args.py`, `util/misc.py`, `run_exp.sh` | initial 5% (equal per client), +5% per AL round, 100 FL rounds per AL round, model re-initialised every AL round, 5 local epochs, batch 64, SGD lr 0.01 / momentum 0.9 / wd 1e-5, lr x0.1 once the 0-indexed round > 75, `dir_balance` partition (`partition.scheme=logo`), 16 AL rounds (CIFAR-10's end ratio 0.8) |
+| `logo`          | LoGo (Kim et al., CVPR 2023), raymin0223/LoGo `main.py`, `util/args.py`, `util/misc.py`, `run_exp.sh` | initial 5% (equal per client), +5% per AL round, 100 FL rounds per AL round, model re-initialised every AL round, 5 local epochs, batch 64, SGD lr 0.01 / momentum 0.9 / wd 1e-5, lr x0.1 once the 0-indexed round > 75, `dir_balance` partition (`partition.scheme=logo`; its code's cell counts exactly: `partition.rounding=logo_code`), 16 AL rounds (CIFAR-10's end ratio 0.8) |
 | `fast_official` | FAST-official `baselines/main.py`, `config.yaml` | Dirichlet(0.1) (unequal sizes), initial 5%, +5% per AL round up to 40% (8 AL rounds of 100 FL rounds), the global model continues across AL rounds, constant lr 0.01, batch 128, wd 1e-4, 5 local epochs. Its default model is its ResNet-8 (`model.name=resnet8_fast`); the preset keeps the config's model so that baselines and FAST train the same network |
 | `paper_table1`  | FAST paper, Table I and Sec. IV-A        | inter-class diversity partition (`logo`), initial 5%, +5% per AL round, R = 4 AL rounds x 100 FL rounds (R = 8: `--config.active.rounds=8`), global model as query selector, the config's training settings (matched with FAST's) |
 | `paper_fig2`    | FAST paper, Fig. 2 / Fig. 3              | Dirichlet(0.1), 10% initial, +5% every 50 FL rounds up to 35%: 6 AL rounds x 50 FL rounds = 300 FL rounds |
 
-Where the reference code departs from its paper the choice is an option (see
-`/work/shared/research/FAL_BASELINES.md` for the list) and the paper is the default.
+Where the reference code departs from its paper the choice is an option (the `active.*`
+and `partition.*` keys of fastjax/config.py) and the paper is the default.
 """
 
 from __future__ import annotations

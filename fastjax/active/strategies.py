@@ -9,9 +9,8 @@ view carries the global model's outputs on that pool (softmax, penultimate featu
 the client's labeled set (features, labels) and, for ALFA-Mix, the model's final linear
 layer; never the pool's hidden labels. b = 0 gives an empty array, b = n every position,
 b > n a ValueError. Recipes follow the LoGo repository (raymin0223/LoGo,
-`query_strategies/*.py`) as summarised in shared/research/FAL_BASELINES.md Sec. 2;
-where that code departs from its paper, the paper is the default and the code's
-behaviour a named option.
+`query_strategies/*.py`); where that code departs from its paper, the paper is the
+default and the code's behaviour a named option.
 
     >>> import jax, numpy as np
     >>> p = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]], np.float32)

@@ -473,8 +473,10 @@ def _progress(it, enabled: bool, total: int, initial: int):
     return tqdm(it, total=total, initial=initial, desc="rounds", unit="round", dynamic_ncols=True)
 
 
-def plot_history(history: list[dict], path: Path):
-    """Test accuracy against rounds and against MiB communicated."""
+def plot_history(history: list[dict], path: Path, boundaries=()):
+    """Test accuracy against rounds and against MiB communicated. boundaries: (round,
+    label) pairs marked as labelled vertical lines on the rounds axis (the active loop's
+    AL rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -486,6 +488,9 @@ def plot_history(history: list[dict], path: Path):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     axes[0].plot([h["round"] for h in ev], [h["accuracy"] for h in ev], marker=".")
     axes[0].set(xlabel="round", ylabel="test accuracy", title="accuracy vs rounds")
+    for x, label in boundaries:
+        axes[0].axvline(x, color="0.6", lw=0.8, ls="--")
+        axes[0].text(x, 0.02, f" {label}", rotation=90, fontsize=7, color="0.4", va="bottom")
     axes[1].plot([h["comm_mib"] for h in ev], [h["accuracy"] for h in ev], marker=".", color="C1")
     axes[1].set(xlabel="MiB communicated (up + down)", ylabel="test accuracy",
                 title="accuracy vs communication")

@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,9 +37,9 @@ import jax
 import numpy as np
 
 from fastjax import config as config_lib
-from fastjax.active import (NEEDS_CLIENT_MODELS, NEEDS_FEATURES, NEEDS_LOCAL_ONLY, NEEDS_LOSS_MODULE,
-                            OBJECTIVES, STRATEGIES, PoolView, presets)
-from fastjax.federate.checkpoints import Checkpoints, atomic_write_text
+from fastjax.active import (NEEDS_CLIENT_MODELS, NEEDS_FEATURES, NEEDS_LABELED, NEEDS_LOCAL_ONLY,
+                            NEEDS_LOSS_MODULE, OBJECTIVES, STRATEGIES, PoolView, presets)
+from fastjax.federate.checkpoints import Checkpoints, MetricsLog, atomic_write_text
 from fastjax.methods import common
 from fastjax.methods.common import log
 
@@ -79,6 +83,62 @@ def _load_sets(path: Path):
     return list(np.split(idx.astype(np.int64), np.cumsum(sizes)[:-1])), q
 
 
+class Interrupts:
+    """Ctrl-C while the loop queries, made reliable. Python's default handler raises
+    KeyboardInterrupt wherever the main thread happens to be, and one raised inside a
+    finaliser run by the garbage collector is printed and lost ("Exception ignored in").
+    Inside this context the first Ctrl-C only sets a flag, which `check()` (called at
+    query boundaries: between clients, between local-only epochs) and the exit of the
+    context raise as KeyboardInterrupt; a second Ctrl-C exits at once with status 130,
+    naming the work directory to resume from, as `fastjax.main` does for the first.
+    Federated training (`engine.fit`) runs outside it, under the default handler."""
+
+    def __init__(self, workdir):
+        self.workdir, self.pressed, self._old = workdir, False, None
+
+    def _handler(self, signum, frame):
+        if self.pressed:
+            print(f"fastjax: error: interrupted twice, exiting at once; rerun the same command to resume "
+                  f"from the last checkpoint in {self.workdir}", file=sys.stderr, flush=True)
+            os._exit(130)
+            return  # (only where os._exit is replaced, as in a test)
+        self.pressed = True
+        log("interrupted: stopping at the next query boundary (press Ctrl-C again to exit at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        if self.pressed and exc_type is None:
+            raise KeyboardInterrupt
+        return False
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+def check_state_files(workdir: Path, done_through: int, fl_rounds: int) -> None:
+    """The loop's own files that its checkpoints presuppose, before any compute: every AL
+    round that trained up to a checkpoint needs its labeled sets (`active/al_XX.npz`),
+    and every one finished before the latest checkpoint its results (`al_XX.json`; the
+    last may lack them: the job can stop between its checkpoint and that file)."""
+    state, missing = workdir / "active", []
+    for al in range(1, -(-done_through // fl_rounds) + 1):
+        if not (state / f"al_{al:02d}.npz").exists():
+            missing.append(f"al_{al:02d}.npz (AL round {al}'s labeled sets)")
+        if al * fl_rounds < done_through and not (state / f"al_{al:02d}.json").exists():
+            missing.append(f"al_{al:02d}.json (AL round {al}'s results)")
+    if missing:
+        raise ValueError(f"{state} lacks {', '.join(missing)}, which its checkpoints up to FL round "
+                         f"{done_through} presuppose; put the file(s) back, or delete {workdir} to start afresh")
+
+
 class _Querier:
     """Scores each client's unlabeled pool with the query model(s) and applies the
     strategy: the global model's outputs for every strategy, plus what LoGo (local-only
@@ -100,12 +160,13 @@ class _Querier:
             self.pred_loss = make_predicted_loss_fn(model, inputs.preprocess)
 
     def query(self, al_round: int, variables, labeled: list[np.ndarray], budgets, oracle_labels,
-              local_vars=None) -> list[np.ndarray]:
+              local_vars=None, check=None) -> list[np.ndarray]:
         """The new labeled sets after each client queries budgets[k] samples.
 
         local_vars: stacked per-client variables (leading client axis): the local-only
         models (LoGo, or every strategy with active.query_model=local_only) or the
-        clients' models after their last local update (KAFAL)."""
+        clients' models after their last local update (KAFAL). check: called before
+        each client's query (`Interrupts.check`)."""
         from fastjax.federate.models import head_params
 
         a = self.config.active
@@ -113,6 +174,8 @@ class _Querier:
         out = []
         base = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1000 + al_round)
         for k, (ix, lab, b) in enumerate(zip(self.part_train, labeled, budgets)):
+            if check is not None:
+                check()
             pool = np.setdiff1d(ix, lab)
             x_pool, x_lab = self.inputs.train_x[pool], self.inputs.train_x[lab]
             own = None if local_vars is None else jax.tree.map(lambda t: t[k], local_vars)
@@ -158,6 +221,10 @@ def run(config, workdir, *, progress: bool = True, fit_fn=None) -> dict:
     workdir = Path(workdir)
     a = config.active
     t_start = time.perf_counter()
+    store = Checkpoints(workdir / "checkpoints")
+    done_through = store.latest() or 0  # main.run has validated it (damaged ones set aside)
+    store.close()
+    check_state_files(workdir, done_through, config.train.rounds)
     train, test = common.load_data(config)
     c = train.num_classes
     part = common.make_partition(config, train, test, workdir)
@@ -202,9 +269,6 @@ def run(config, workdir, *, progress: bool = True, fit_fn=None) -> dict:
     evaluate = engine.make_eval_fn(model, inputs.preprocess)
     state = workdir / "active"
     state.mkdir(exist_ok=True)
-    store = Checkpoints(workdir / "checkpoints")
-    done_through = store.latest() or 0  # main.run has validated it (damaged ones set aside)
-    store.close()
 
     def restore(step: int, like):
         if step == 0:
@@ -230,31 +294,34 @@ def run(config, workdir, *, progress: bool = True, fit_fn=None) -> dict:
         if sets_path.exists():
             labeled, q_seconds = _load_sets(sets_path)
         else:
-            t0 = time.perf_counter()
-            if al == 1:
-                labeled = initial_sets(part.train, initial, config.seed)
-            else:
-                if variables is None:  # resumed at an AL boundary: the last AL round's model
-                    variables = restore(offset, init(al - 1))
-                pools = [len(ix) - len(lab) for ix, lab in zip(part.train, labeled)]
-                budgets = client_shares(int(a.query * n_total), pools)
-                local_vars = None
-                if local_only is not None:  # LoGo's raw_ckpt: the run's first random model
-                    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + al)
-                    local_vars, epochs = local_only(init(1), client_arrays.plain(labeled), lr=spec.lr, key=key,
-                                                    max_epochs=a.local_only_epochs,
-                                                    stop_accuracy=a.local_only_stop)
-                    log(f"local-only models: {epochs.min()}-{epochs.max()} epochs")
-                elif client_models is not None:  # KAFAL: each client's last local model
-                    if before_last is None:
-                        before_last = (restore(offset - 1, init(al - 1)) if T > 1
-                                       else start_of(al - 1, None))
-                    local_vars = client_models(
-                        before_last, *client_arrays.device(labeled), np.arange(len(labeled), dtype=np.int32),
-                        engine.round_hyper(spec, T - 1), engine.round_key(spec.seed, offset))
-                labeled = querier.query(al, variables, labeled, budgets, oracle.query, local_vars)
-            q_seconds = time.perf_counter() - t0
-            _save_sets(sets_path, labeled, q_seconds)
+            with Interrupts(workdir) as interrupts:
+                t0 = time.perf_counter()
+                if al == 1:
+                    labeled = initial_sets(part.train, initial, config.seed)
+                else:
+                    if variables is None:  # resumed at an AL boundary: the last AL round's model
+                        variables = restore(offset, init(al - 1))
+                    pools = [len(ix) - len(lab) for ix, lab in zip(part.train, labeled)]
+                    budgets = client_shares(int(a.query * n_total), pools)
+                    local_vars = None
+                    if local_only is not None:  # LoGo's raw_ckpt: the run's first random model
+                        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + al)
+                        local_vars, epochs = local_only(init(1), client_arrays.plain(labeled), lr=spec.lr, key=key,
+                                                        max_epochs=a.local_only_epochs,
+                                                        stop_accuracy=a.local_only_stop,
+                                                        between_epochs=interrupts.check)
+                        log(f"local-only models: {epochs.min()}-{epochs.max()} epochs")
+                    elif client_models is not None:  # KAFAL: each client's last local model
+                        if before_last is None:
+                            before_last = (restore(offset - 1, init(al - 1)) if T > 1
+                                           else start_of(al - 1, None))
+                        local_vars = client_models(
+                            before_last, *client_arrays.device(labeled), np.arange(len(labeled), dtype=np.int32),
+                            engine.round_hyper(spec, T - 1), engine.round_key(spec.seed, offset))
+                    labeled = querier.query(al, variables, labeled, budgets, oracle.query, local_vars,
+                                            check=interrupts.check)
+                q_seconds = time.perf_counter() - t0
+                _save_sets(sets_path, labeled, q_seconds)
         n_labeled = int(sum(len(ix) for ix in labeled))
         clients = client_arrays(labeled)  # every label of the loop is an oracle annotation
         if done_through >= al * T and row_path.exists():  # finished before: nothing to redo
@@ -279,6 +346,9 @@ def run(config, workdir, *, progress: bool = True, fit_fn=None) -> dict:
         atomic_write_text(row_path, json.dumps(row) + "\n")
         rows.append(row)
         done_through = al * T
+        history = MetricsLog(workdir / "metrics.jsonl").read()
+        if history:  # fit's plot again, with the AL rounds marked
+            engine.plot_history(history, workdir / "accuracy.png", boundaries=al_boundaries(history))
     last = rows[-1]
     summary = {
         "method": "active", "strategy": a.strategy, "preset": a.preset, "reset": a.reset,
@@ -296,6 +366,13 @@ def run(config, workdir, *, progress: bool = True, fit_fn=None) -> dict:
         f"{last['last5_accuracy']:.4f}) after {a.rounds} AL rounds, {oracle.annotations} annotations, "
         f"{last['comm_mib']:.1f} MiB; summary: {workdir / 'summary.json'}")
     return summary
+
+
+def al_boundaries(history: list[dict]) -> list[tuple[float, str]]:
+    """(round, label) of every AL round's start but the first, from the metrics rows:
+    between its first FL round and the one before."""
+    return [(b["round"] - 0.5, f"AL {b['al_round']}") for a, b in zip(history, history[1:])
+            if b.get("al_round") != a.get("al_round")]
 
 
 def training_objective(config):
@@ -388,18 +465,25 @@ def planned_budgets(config, initial, sizes, n_total: int) -> list[np.ndarray]:
 
 def check_plan(config, initial, sizes, n_total: int) -> None:
     """What the partition decides and a strategy cannot live with, before any training:
-    a client with no initial labeled samples for LoGo's local-only model or KAFAL's class
-    counts; a GCNAL budget above the graph's unlabeled nodes (active.gcnal_subset)."""
+    an initial set of no sample at all; a client with no initial labeled samples for
+    LoGo's local-only model, KAFAL's class counts or a query that reads the labeled set;
+    a GCNAL budget above the graph's unlabeled nodes (active.gcnal_subset)."""
 
     a = config.active
     empty = np.flatnonzero(np.asarray(initial) == 0).tolist()
     needs = ("LoGo's local-only models" if needs_local_only(config) else
              "KAFAL's logit adjustment (labeled class counts)" if OBJECTIVES.get(a.strategy) == "kcfu"
+             else f"{a.strategy}'s query (it reads the client's labeled set)" if a.strategy in NEEDS_LABELED
              else None)
     if empty and needs:
         raise ValueError(f"clients {empty} get no labeled samples in AL round 1 (active.initial="
-                         f"{a.initial} of {n_total} over {len(sizes)} clients), and {needs} need "
-                         "some; raise active.initial")
+                         f"{a.initial} of {n_total} over {len(sizes)} clients), and {needs} cannot do "
+                         "without them; raise active.initial")
+    if int(np.sum(initial)) == 0:
+        raise ValueError(f"active.initial={a.initial} labels int({a.initial} x {n_total}) = "
+                         f"{int(a.initial * n_total)} samples, less than one per client ({len(sizes)} clients): "
+                         f"AL round 1 would train on nothing; raise active.initial to at least "
+                         f"{np.ceil(len(sizes) / n_total * 1e4) / 1e4:g}")
     if a.strategy == "gcnal":
         worst = max((int(b.max()) for b in planned_budgets(config, initial, sizes, n_total)), default=0)
         if worst > a.gcnal_subset:
