@@ -176,11 +176,11 @@ def cells_for(table: str, variant: str) -> list[Cell]:
 # --------------------------------------------------------------------- running
 
 
-def run_main(config, workdir) -> dict:
-    """FAST's job or the iterative loop, as `config.method` says."""
+def run_main(config, workdir, progress: bool = True) -> dict:
+    """FAST's job or the iterative loop, as `config.method` says (with its progress bars)."""
     from fastjax import main as fast_main
 
-    return fast_main.run(config, workdir, progress=False)
+    return fast_main.run(config, workdir, progress=progress)
 
 
 def _methods() -> dict[str, Callable]:
@@ -189,7 +189,7 @@ def _methods() -> dict[str, Callable]:
     return {"fast": run_main, **{name: run_main for name in STRATEGIES}}
 
 
-# Method name -> runner(config, workdir) -> summary dict: FAST and every query strategy.
+# Method name -> runner(config, workdir, progress) -> summary dict: FAST and every query strategy.
 METHODS: dict[str, Callable] = _methods()
 
 
@@ -303,7 +303,7 @@ def run_cell(cell: Cell, args, scale: dict, out: Path, memo: dict | None = None)
     name = _slug(cell.row) if cell.method == "fast" else f"{cell.method}_{_slug(cell.row.split(' (')[0])}"
     workdir = out / f"table_{cell.table}" / f"{name}__{_slug(cell.column)}"
     try:
-        s = METHODS[cell.method](config, workdir)
+        s = METHODS[cell.method](config, workdir, args.progress)
     except (ValueError, FloatingPointError) as e:  # one bad cell must not end a long run
         print(f"[reproduce] {cell.table} | {cell.row} | {cell.column} FAILED: {e}", flush=True)
         return {**rec, "status": f"failed: {str(e).splitlines()[0]}"}
@@ -573,6 +573,8 @@ def parse_args(argv=None):
     p.add_argument("--strategy", default="sequential", help="train.strategy")
     p.add_argument("--cache-dir", default="",
                    help="embedding cache directory (empty: ~/.cache/fastjax/embeddings)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars inside a cell (the per-cell lines with the time left remain)")
     args = p.parse_args(argv)
     from fastjax.encode import ENCODERS
     from fastjax.federate.execution import STRATEGIES as EXECUTION

@@ -108,7 +108,7 @@ def test_bad_options_fail_in_one_line_before_any_cell(argv, word, capsys):
 def _no_runs(monkeypatch):
     """Cells that would run, and a runner that must never be called."""
     monkeypatch.setattr(reproduce, "availability", lambda cell, args, config: None)
-    monkeypatch.setattr(reproduce, "METHODS", {m: lambda c, w: pytest.fail("a cell ran")
+    monkeypatch.setattr(reproduce, "METHODS", {m: lambda c, w, p: pytest.fail("a cell ran")
                                                for m in reproduce.METHODS})
 
 
@@ -129,7 +129,7 @@ def test_every_cell_is_checked_before_the_first_runs(monkeypatch, tmp_path, caps
 def test_a_failed_cell_makes_the_exit_status_1(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(reproduce, "availability", lambda cell, args, config: None)
 
-    def boom(config, workdir):
+    def boom(config, workdir, progress):
         raise ValueError("diverged")
 
     monkeypatch.setattr(reproduce, "METHODS", {**reproduce.METHODS, "fast": boom})
