@@ -138,6 +138,9 @@ def test_the_server_evaluates_each_round_like_the_simulation(reference, deployed
     assert s["final_accuracy"] == got[-1]["accuracy"] and s["best_accuracy"] is not None
     for plot in ("accuracy.png", "partition.png"):
         assert (workdir / plot).stat().st_size > 0
+    for k in range(K):  # each site's label reports, of its own labels
+        for name in ("label_report.json", "weak_label_confusion.png", "weak_label_reliability.png"):
+            assert (workdir.parent / f"site{k}" / name).stat().st_size > 0
 
 
 def test_sites_reproduce_cnn4_with_fednova(reference, tmp_path):

@@ -10,9 +10,10 @@ reply payload. They are the three phases of FAST on one client:
   refine       weak labels and uncertainty from the own (or the pooled) seed, the b_k
                most uncertain samples to the oracle (simulated, or a person through
                query.csv / annotations.csv in the site's work directory, see
-               `fastjax.label.annotate`); the training set is stored in the work
-               directory. It reads what the preliminary pass stored there (embeddings,
-               labels, rows), not the data or the encoder;
+               `fastjax.label.annotate`); the training set and the label reports
+               (label_report.json, weak_label_confusion.png, weak_label_reliability.png)
+               are stored in the work directory. It reads what the preliminary pass
+               stored there (embeddings, labels, rows), not the data or the encoder;
   train        one local update (`fastjax.federate.local.make_local_update`, jitted, the
                same function the simulation vmaps) from the global variables, with the
                key the simulation gives this client (`engine.client_key`).
@@ -252,6 +253,8 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
     status="ready" with label counts, or status="awaiting" after writing the query for
     a person (labeling.oracle="annotations" and no annotations.csv yet)."""
     from fastjax.label import annotate, client_training_sets
+    from fastjax.label import quality as label_quality
+    from fastjax.label import report as label_report
     from fastjax.partition import Oracle
 
     site, z = _load_state(config, node)
@@ -270,6 +273,10 @@ def refine(config, node: NodeConfig, msg: dict) -> dict:
                     "query": str(node.site_dir / annotate.QUERY_CSV)}
         oracle = _ByRow(human, np.concatenate([site.sample_ids, -np.ones(n_shared, np.int64)]), hidden)
     result, pos = _label(site, z, config, msg, oracle)
+    # The one-process job's label reports, of this site's labels, beside them.
+    quality = label_quality.weak_label_quality(result, oracle)
+    label_report.write_label_report(result, site.class_names, node.site_dir, quality)
+    label_quality.plot_reliability(quality, str(node.site_dir / "weak_label_reliability.png"))
     # In the site's own sample order, as the one-process job lays out each client's data,
     # with the weak-label policy's loss weights and soft targets when it makes them.
     rows, y, w, soft = client_training_sets(result)[pos]
