@@ -19,6 +19,10 @@ it is measured, so a section cut short keeps what it had):
            100 classes, against blocked torch cdist + topk.
 - siglip:  SigLIP ViT-B/16 bf16, 32 px uint8 -> 224 px, against transformers'
            SiglipVisionModel (SDPA), random weights; EVA02-CLIP-B/16 (fastjax) beside it.
+- sweep:   E = 1, 4, 16, 64 experiments (seeds) of the paper round and of an AL round of
+           Table I's protocol (clients at 20% of their data) as one compiled round
+           (`fastjax.federate.experiments`): experiment-rounds per second against E = 1,
+           the solo run.
 
 `python benchmarks/gpu_suite.py run SECTION --work DIR [--dry-run] [--budget S]` runs one
 section into DIR/SECTION.json; `python benchmarks/gpu_suite.py report --work DIR --out OUT`
@@ -39,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("rounds", "scaling", "fast", "knn", "siglip")
+SECTIONS = ("rounds", "scaling", "fast", "knn", "siglip", "sweep")
 
 # (name, workload, strategy, conv_impl, compute_dtype), in priority order; "torch" /
 # "torch-compile" / "critical-path" rows are the peers and the Dirichlet round's bound.
@@ -76,14 +80,16 @@ SIZES = {
                           encoder_dtype="bfloat16", local_epochs=5),
                 knn=dict(n_u=100_000, n_l=40_000, d=768, classes=100, block=4096),
                 siglip=dict(arch="base", images=16384, batch=256, dtype="bfloat16"),
-                budgets=dict(rounds=150, scaling=80, fast=110, knn=45, siglip=45)),
+                sweep=dict(workloads=("paper", "al-round"), experiments=(1, 4, 16, 64)),
+                budgets=dict(rounds=150, scaling=80, fast=110, knn=45, siglip=45, sweep=100)),
     "dry": dict(rounds=ROUNDS_DRY, repeats=1, torch_compile_backend="eager",
                 scaling=SCALING_DRY, scaling_steps=1, scaling_batch=4,
                 fast=dict(synthetic=300, rounds=1, model="linear", clients=3, random_siglip="tiny",
                           encoder_dtype="float32", local_epochs=1),
                 knn=dict(n_u=600, n_l=300, d=16, classes=5, block=128),
                 siglip=dict(arch="tiny", images=48, batch=16, dtype="float32"),
-                budgets=dict(rounds=300, scaling=120, fast=120, knn=60, siglip=60)),
+                sweep=dict(workloads=("tiny",), experiments=(1, 2)),
+                budgets=dict(rounds=300, scaling=120, fast=120, knn=60, siglip=60, sweep=120)),
 }
 
 
@@ -160,6 +166,21 @@ def run_scaling(sec: Section, size: dict):
         sec.row(label, lambda: {"population": population, **measure(
             k, size["scaling_steps"], size["scaling_batch"], strategy, "im2col", size["repeats"],
             population=population, client_chunk=chunk)})
+
+
+def run_sweep(sec: Section, size: dict):
+    from benchmarks import rounds_per_sec as rps
+    from benchmarks.sweep_bench import joint_rounds
+
+    workloads = {**rps.WORKLOADS, "al-round": {**rps.WORKLOADS["paper"], "samples": 1000}}
+    for name in size["sweep"]["workloads"]:
+        base = None
+        for e in size["sweep"]["experiments"]:
+            r = sec.row(f"{name} E={e}", lambda: {"workload": name, **joint_rounds(e, workloads[name])})
+            if r and "error" not in r:
+                base = base or r["experiment_rounds_per_sec"]
+                r["vs_solo"] = r["experiment_rounds_per_sec"] / base
+                sec.save()
 
 
 def _ml_collections() -> str | None:
@@ -280,6 +301,11 @@ def goals(sections: dict) -> list[dict]:
         top = max(sig, key=lambda r: r["ratio_vs_torch"])
         out.append({"goal": "SigLIP >= 1.1x the PyTorch model", "measured": top["ratio_vs_torch"], "row": top["row"],
                     "met": top["ratio_vs_torch"] >= 1.1})
+    sweep = [r for r in sections.get("sweep", {}).get("rows", []) if "vs_solo" in r]
+    if sweep:
+        top = max(sweep, key=lambda r: r["vs_solo"])
+        out.append({"goal": "sweep >= 10x the experiments per hour of solo runs", "measured": top["vs_solo"],
+                    "row": top["row"], "met": top["vs_solo"] >= 10})
     return out
 
 
@@ -321,6 +347,9 @@ def markdown(sections: dict, goal_rows: list[dict]) -> str:
            for r in sections.get("siglip", {}).get("rows", [])]
     parts += ["", "## SigLIP", "", common.markdown_table(sig, [
         "row", "fastjax_images_per_sec", "torch_images_per_sec", "ratio_vs_torch", "max_abs_diff_relative", "error"])]
+    parts += ["", "## Sweeps (experiments as one computation)", "", common.markdown_table(
+        sections.get("sweep", {}).get("rows", []), ["row", "first_call_seconds", "sec_per_round",
+                                                   "experiment_rounds_per_sec", "vs_solo", "error"])]
     skipped = [f"- {s['section']}: {k['row']}: {k['why']}" for s in sections.values() for k in s.get("skipped", [])]
     missing = [f"- {name}: no result (section did not run or was killed)" for name in SECTIONS if name not in sections]
     if skipped or missing:
@@ -376,6 +405,8 @@ def main(argv=None):
         run_fast(sec, size, work, args.data_root or os.environ.get("FASTJAX_DATA_ROOT", ""))
     elif args.section == "knn":
         run_knn(sec, size)
+    elif args.section == "sweep":
+        run_sweep(sec, size)
     else:
         run_siglip(sec, size)
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The accelerator benchmarks in one run: rounds/sec with the PyTorch peers, client
 # scaling to 10,000 clients (10% participation, chunked), the FAST job end to end, kNN at
-# 100k x 40k x 768-d, SigLIP against transformers. Writes OUT_DIR/suite.json and
-# OUT_DIR/suite.md (and nothing else there: two files are easy to bring back from a remote machine).
+# 100k x 40k x 768-d, SigLIP against transformers, sweeps (E experiments as one round).
+# Writes OUT_DIR/suite.json and OUT_DIR/suite.md (and nothing else there: two files are
+# easy to bring back from a remote machine).
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [--dry-run] [--data-root DIR] [--sections a,b,...]
 #
-# On the accelerator it keeps within about 8 minutes (each section has a soft budget and a
-# hard timeout; SUITE_SECONDS caps the whole run, default 500). --dry-run runs the same
+# On the accelerator it keeps within about 10 minutes (each section has a soft budget and a
+# hard timeout; SUITE_SECONDS caps the whole run, default 600). --dry-run runs the same
 # code on a CPU at tiny sizes. When the accelerator machine has no network (no pip), carry
 # what it lacks along with the checkout (rsync, scp, or whatever copies the repository there):
 #   - the FAST job needs ml_collections; download its wheel on a machine with a network,
@@ -25,7 +26,7 @@ if [ $# -lt 1 ]; then
   exit 2
 fi
 OUT=$1; shift
-DRY=""; DATA_ROOT=""; SECTIONS="rounds,scaling,fast,knn,siglip"
+DRY=""; DATA_ROOT=""; SECTIONS="rounds,scaling,fast,knn,siglip,sweep"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY="--dry-run" ;;
@@ -46,9 +47,9 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false FASTJAX_CACHE="$WORK/cache" FASTJAX_COMPILATION_CACHE=off
 export TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
-TOTAL=${SUITE_SECONDS:-500}
-declare -A BUDGET=([rounds]=150 [scaling]=80 [fast]=110 [knn]=45 [siglip]=45)
-[ -n "$DRY" ] && BUDGET=([rounds]=300 [scaling]=120 [fast]=120 [knn]=60 [siglip]=60) && TOTAL=${SUITE_SECONDS:-900}
+TOTAL=${SUITE_SECONDS:-600}
+declare -A BUDGET=([rounds]=150 [scaling]=80 [fast]=110 [knn]=45 [siglip]=45 [sweep]=100)
+[ -n "$DRY" ] && BUDGET=([rounds]=300 [scaling]=120 [fast]=120 [knn]=60 [siglip]=60 [sweep]=120) && TOTAL=${SUITE_SECONDS:-1020}
 cd "$ROOT"
 for s in ${SECTIONS//,/ }; do
   left=$(( TOTAL - ($(date +%s) - START) ))

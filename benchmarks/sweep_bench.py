@@ -42,6 +42,50 @@ def _run(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024.0
 
 
+def joint_rounds(experiments: int, workload: dict, rounds: int = 2) -> dict:
+    """E experiments (seeds) of one CNN-4 round as one joint fit (`fit_experiments`) on
+    random data of the workload's shapes: the first call (a one-round fit, compiles
+    included) and the steady seconds per round (a fit of `rounds` rounds after it, whose
+    compiled round is reused; its one evaluation included). Used by the GPU
+    suite's `sweep` section at E = 1, 4, 16, 64 (E = 1 is the solo run)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fastjax.federate import engine, models
+    from fastjax.federate import experiments as ex
+
+    w = workload
+    k, n = w["clients"], w["samples"]
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (k * n, w["image"], w["image"], w["channels"]), np.uint8)
+    labels = rng.integers(0, w["classes"], k * n).astype(np.int32)
+    model = models.make_model("cnn4", w["classes"])
+    idx = [np.arange(i * n, (i + 1) * n) for i in range(k)]
+    clients = engine.stack_clients(idx, [labels[i] for i in idx], source=data)
+    test = min(1000, len(data))
+
+    def preprocess(x):
+        return x.astype(jnp.float32) / 255.0
+
+    def fit(r):
+        reqs = [ex.FitRequest(model, models.init_variables(model, data.shape[1:], s), clients, data[:test],
+                              labels[:test], engine.TrainSpec(rounds=r, local_epochs=w["epochs"],
+                                                              local_steps=w["steps"], batch_size=w["batch"],
+                                                              lr=0.01, seed=s, eval_every=r, checkpoint_every=0),
+                              preprocess, {"progress": False}) for s in range(experiments)]
+        t0 = time.perf_counter()
+        out = ex.fit_experiments(reqs)
+        for o in out:
+            if isinstance(o, Exception):
+                raise o
+        return time.perf_counter() - t0
+
+    first = fit(1)
+    steady = fit(rounds) / rounds
+    return {"experiments": experiments, "first_call_seconds": first, "sec_per_round": steady,
+            "experiment_rounds_per_sec": experiments / steady}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory")

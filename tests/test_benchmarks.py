@@ -54,7 +54,7 @@ def test_gpu_suite_dry_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["suite.json", "suite.md"]  # nothing else comes back
     d = json.loads((out / "suite.json").read_text())
-    assert set(d["sections"]) == {"rounds", "scaling", "fast", "knn", "siglip"}
+    assert set(d["sections"]) == {"rounds", "scaling", "fast", "knn", "siglip", "sweep"}
     for name, sec in d["sections"].items():
         assert sec["dry_run"] and sec["device"]["jax_backend"] == "cpu"
         assert sec["rows"] and not sec["skipped"], (name, sec["skipped"])
@@ -66,7 +66,8 @@ def test_gpu_suite_dry_run(tmp_path):
     assert {g["goal"] for g in d["goals"]} >= {"paper round <= 0.3 s", "kNN first call <= 2 s"}
     assert all(g["met"] is None for g in d["goals"])  # a dry run judges nothing
     md = (out / "suite.md").read_text()
-    assert "Dry run" in md and "## SigLIP" in md and "## FAST job" in md
+    assert "Dry run" in md and "## SigLIP" in md and "## FAST job" in md and "## Sweeps" in md
+    assert [r["row"] for r in d["sections"]["sweep"]["rows"]] == ["tiny E=1", "tiny E=2"]
 
 
 def test_compare_fal_tiny(tiny_folder, tmp_path):

@@ -92,18 +92,36 @@ def _participants(req: FitRequest) -> int:
     return execution.padded_client_count(m, req.spec.strategy, req.options.get("mesh"))
 
 
+def _static(spec: engine.TrainSpec) -> engine.TrainSpec:
+    """The options that enter the compiled round (value fields at their defaults)."""
+    return dataclasses.replace(spec, **{f: engine.TrainSpec.__dataclass_fields__[f].default for f in VALUE_FIELDS})
+
+
+# Compiled rounds and evaluations by what they compute: jit caches by function identity,
+# and every fit (each AL round of the loop, each group) builds its functions anew.
+_COMPILED: dict = {}
+
+
+def _memo(key: tuple, build: Callable):
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 32:
+            _COMPILED.clear()
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
 def signature(req: FitRequest) -> tuple:
     """What must be equal for experiments to share one compiled round."""
     c = req.clients
     source = c.source if c.source is not None else c.x[0]
-    static = dataclasses.replace(req.spec, **{f: engine.TrainSpec.__dataclass_fields__[f].default
-                                               for f in VALUE_FIELDS})
+    static = _static(req.spec)
     o = req.options
     return (req.model, static, fn_key(req.preprocess), source.shape[1:] if c.source is not None else c.x.shape[2:],
             str(source.dtype), c.num_clients, _participants(req), jax.tree.structure(c.labels()),
             tuple(np.shape(a)[2:] for a in (c.y, c.w) if a is not None),
             _shapes(c.aux) if c.aux is not None else None, _shapes(req.variables), np.shape(req.test_x),
-            o.get("round_offset", 0), bool(o.get("keep_before_last")), o.get("objective"),
+            o.get("round_offset", 0), bool(o.get("keep_before_last")),
+            fn_key(o["objective"]) if o.get("objective") is not None else None,
             o.get("client_test") is None)
 
 
@@ -343,13 +361,18 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     exps_by = dict(zip(live, exps))
     group = [reqs[i] for i in live]
     m = _participants(r0)
-    round_fn = make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), o0.get("objective"))
+    obj = o0.get("objective")
+    compiled = (engine.local_spec(spec0), spec0.aggregator, spec0.strategy, spec0.client_chunk, spec0.chunk_memory_mb)
+    round_fn = _memo(("round", r0.model, compiled, fn_key(r0.preprocess), o0.get("mesh"),
+                      fn_key(obj) if obj is not None else None),
+                     lambda: make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), obj))
     put, put_shared = _placement(mesh, len(group))
     data, index, y = stack_inputs(group)
     data, (index, y) = put_shared(data), put((index, y))
     test = share([np.asarray(r.test_x) for r in group])
     n_test = len(r0.test_x)
-    evaluate = make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size)
+    evaluate = _memo(("eval", r0.model, fn_key(r0.preprocess), n_test, spec0.eval_batch_size),
+                     lambda: make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size))
     test_data = put_shared(test.data)
     test_off, test_y = put((np.asarray(test.offsets, np.int32), np.stack([np.asarray(r.test_y) for r in group])))
     variables = put(jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *[r.variables for r in group]))
