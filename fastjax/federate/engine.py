@@ -387,7 +387,8 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None,
                           spec.strategy, spec.client_chunk)
 
-    x_dev = jnp.asarray(clients.x) if clients.source is None else jnp.asarray(clients.source)[clients.x]
+    # Index clients (`source`) gathered on the host: one run alone needs only its clients' rows.
+    x_dev = jnp.asarray(clients.x if clients.source is None else clients.source[clients.x])
     y_dev = jax.tree.map(jnp.asarray, clients.labels())
     n_all = clients.n
     round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh, objective)
