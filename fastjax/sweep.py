@@ -227,7 +227,8 @@ def markdown(rows: list[dict], means: list[dict], axes: dict) -> str:
     text = "# Sweep\n\n" + "\n".join(lines) + "\n"
     if means:
         others = [k for k in keys if k != "seed"]
-        lines = ["| " + " | ".join(others + ["seeds", *METRICS]) + " |", "|" + "---|" * (len(others) + 1 + len(METRICS))]
+        lines = ["| " + " | ".join(others + ["seeds", *METRICS]) + " |",
+                 "|" + "---|" * (len(others) + 1 + len(METRICS))]
         for m in means:
             cells = [fmt(m[k]) for k in others] + [str(m["seeds"])]
             cells += ["-" if m[x] is None else f"{m[x]['mean']:.4f} +- {m[x]['std']:.4f}" for x in METRICS]

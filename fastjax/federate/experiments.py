@@ -39,7 +39,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fastjax.federate import aggregators, checkpoints, engine, execution, local, resume
@@ -289,7 +288,7 @@ def _round_inputs(ex: _Experiment, r: int, first: int, m: int):
     return rows, n_r, steps_r, spec.learning_rate(r - first)
 
 
-def _flush(ex: _Experiment, losses: dict, hits: dict, e: int, live_vars, r_now: int, last_round: int):
+def _flush(ex: _Experiment, losses: dict, hits: dict, e: int, live_vars, r_now: int):
     """Finish experiment e's pending rows with their device values (read back now): the
     NaN check, metrics rows, checkpoints of this boundary."""
     o = ex.req.options
@@ -419,7 +418,7 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
             for rec, _, _ in ex.pending:
                 rec["seconds"] = seconds
             if ex.error is None and ex.pending:
-                _flush(ex, host_losses, host_hits, j, variables, r, last_round)
+                _flush(ex, host_losses, host_hits, j, variables, r)
             if keep_before_last and r == last_round and ex.error is None:
                 ex.before_last = jax.tree.map(lambda a: a[j], before)
         losses, hits, t_mark = {}, {}, time.perf_counter()
