@@ -139,9 +139,10 @@ def check_workdir(workdir: Path, defn: dict) -> None:
 
 
 def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: int = 0,
-              mesh=None, log=None) -> list[dict]:
+              memory_mb: float = 0, mesh=None, log=None) -> list[dict]:
     """Run (or resume) every experiment of the grid; returns one row per experiment
-    (also written to sweep.json / sweep.md / sweep.png). mesh: split each group's
+    (also written to sweep.json / sweep.md / sweep.png). experiments_per_call / memory_mb:
+    experiments per compiled call, given or from a device-memory budget. mesh: split each group's
     experiments over its devices (`experiments.experiment_mesh`)."""
     from fastjax import main as fastjax_main
     from fastjax.federate.checkpoints import atomic_write_text
@@ -158,7 +159,7 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": []}, indent=2) + "\n")
     log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}")
-    rv = Rendezvous(len(grid), experiments_per_call=experiments_per_call, mesh=mesh)
+    rv = Rendezvous(len(grid), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
     results: dict[int, object] = {}
 
     def one(i, cfg, name):
@@ -285,6 +286,8 @@ def main(argv=None):
     flags.DEFINE_multi_string("sweep", [], "key=value1,value2,... (repeat for more axes)")
     flags.DEFINE_string("workdir", None, "the sweep's work directory (default: runs/<config name>_sweep)")
     flags.DEFINE_integer("experiments_per_call", 0, "experiments per compiled call (0: a group at once)")
+    flags.DEFINE_float("experiment_memory_mb", 0.0, "or: as many experiments per call as fit this device "
+                       "memory (MiB)")
     flags.DEFINE_bool("shard_experiments", False, "split the experiments over every device (all hosts' "
                       "after jax.distributed.initialize())")
 
@@ -305,8 +308,11 @@ def main(argv=None):
         name = Path(f["config"].config_filename.split(":")[0]).stem
         workdir = f.workdir or str(Path("runs") / f"{name}_sweep")
         try:
-            if f.experiments_per_call < 0:
-                raise ValueError(f"--experiments_per_call={f.experiments_per_call} must be >= 0")
+            if f.experiments_per_call < 0 or f.experiment_memory_mb < 0:
+                raise ValueError(f"--experiments_per_call={f.experiments_per_call} and --experiment_memory_mb="
+                                 f"{f.experiment_memory_mb} must be >= 0")
+            if f.experiments_per_call and f.experiment_memory_mb:
+                raise ValueError("give one of --experiments_per_call and --experiment_memory_mb")
             axes = parse_axes(f.sweep, f.config)
             both = sorted(set(axes) & overridden)
             if both:
@@ -319,7 +325,8 @@ def main(argv=None):
                 from fastjax.federate.experiments import experiment_mesh
 
                 mesh = experiment_mesh()
-            rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call, mesh=mesh)
+            rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call,
+                             memory_mb=f.experiment_memory_mb, mesh=mesh)
         except KeyboardInterrupt:
             fastjax_main._error(f"interrupted; rerun the same command to resume the sweep in {workdir}", 130, hard=True)
         except (ValueError, FileNotFoundError, PermissionError) as e:

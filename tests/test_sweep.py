@@ -117,6 +117,20 @@ def test_the_data_is_on_the_device_once():
     assert index.shape == (4, 3, 300) and labels.shape == (4, 3, 300)
 
 
+def test_experiments_per_call_from_a_memory_budget(monkeypatch):
+    """A budget for 1.5 experiments runs them one per call (counted), each equal to solo."""
+    x, y = _blob_data()
+    reqs = [_request(x, y, 0, 0.05), _request(x, y, 1, 0.1)]
+    per = experiments.experiment_bytes(reqs[0])
+    assert 0 < per < 1 << 30
+    calls = []
+    real = experiments.fit_group
+    monkeypatch.setattr(experiments, "fit_group", lambda g, **kw: calls.append(len(g)) or real(g, **kw))
+    res = experiments.fit_experiments(reqs, memory_mb=1.5 * per / 2**20)
+    assert calls == [1, 1]
+    _assert_same(res[1], _solo(reqs[1]))
+
+
 def test_shape_changing_keys_split_into_groups():
     x, y = _blob_data()
     a, b, c = _request(x, y, 0, 0.05), _request(x, y, 1, 0.1), _request(x, y, 2, 0.05, batch_size=8)

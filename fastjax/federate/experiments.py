@@ -437,9 +437,30 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     return out
 
 
-def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, mesh: Mesh | None = None) -> list:
+def experiment_bytes(req: FitRequest) -> int:
+    """Device bytes one more experiment like `req` costs in a joint round: XLA's compiled
+    memory analysis of the round for one experiment (temporaries, outputs and its own
+    arguments; the shared training set excluded). An upper bound per experiment."""
+    o = req.options
+    round_fn = make_experiment_round(req.model, req.spec, req.preprocess, o.get("mesh"), o.get("objective"))
+    data, index, y = stack_inputs([req])
+    m = _participants(req)
+    ints = np.zeros((1, m), np.int32)
+    args = (jax.tree.map(lambda a: np.asarray(a)[None], req.variables), data, index, y, ints, ints, ints,
+            {"lr": np.zeros(1, np.float32), "round": np.zeros(1, np.int32)},
+            jnp.stack([engine.round_key(0, 1)]), np.ones(1, bool))
+    mem = round_fn.lower(*args).compile().memory_analysis()
+    if mem is None:
+        raise ValueError("this backend reports no compiled memory analysis; give experiments per call instead "
+                         "of a memory budget")
+    return int(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes - data.nbytes)
+
+
+def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, memory_mb: float = 0,
+                    mesh: Mesh | None = None) -> list:
     """`engine.fit` for many requests: grouped by `signature`, each group run as one
-    computation of at most `experiments_per_call` experiments (0: all) at a time, groups
+    computation of at most `experiments_per_call` experiments (0: all, or as many as fit
+    `memory_mb` of device memory by `experiment_bytes`) at a time, groups
     one after another. Returns one FitResult or exception per request, in order."""
     groups: dict = {}
     out: list = [None] * len(reqs)
@@ -450,6 +471,8 @@ def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, me
             out[i] = err
     for members in groups.values():
         step = experiments_per_call or len(members)
+        if memory_mb > 0 and not experiments_per_call:
+            step = int(max(1, min(len(members), memory_mb * engine.MIB // experiment_bytes(reqs[members[0]]))))
         for s in range(0, len(members), step):
             part = members[s:s + step]
             for i, res in zip(part, fit_group([reqs[i] for i in part], mesh=mesh)):
@@ -464,12 +487,13 @@ class Rendezvous:
     and each thread gets its own result. Host code between fits runs one thread at a
     time (the baton), so stages that are not thread-safe (plots) stay safe."""
 
-    def __init__(self, experiments: int, *, experiments_per_call: int = 0, mesh: Mesh | None = None):
+    def __init__(self, experiments: int, *, experiments_per_call: int = 0, memory_mb: float = 0,
+                 mesh: Mesh | None = None):
         self._cond = threading.Condition()
         self._running = experiments
         self._waiting: dict[int, FitRequest] = {}
         self._results: dict[int, Any] = {}
-        self._per_call = experiments_per_call
+        self._per_call, self._memory_mb = experiments_per_call, memory_mb
         self._mesh = mesh
 
     def __enter__(self):  # the baton, held while a thread runs its own host code
@@ -500,7 +524,8 @@ class Rendezvous:
         ids, reqs = list(self._waiting), list(self._waiting.values())
         self._waiting.clear()
         try:
-            res = fit_experiments(reqs, experiments_per_call=self._per_call, mesh=self._mesh)
+            res = fit_experiments(reqs, experiments_per_call=self._per_call, memory_mb=self._memory_mb,
+                                  mesh=self._mesh)
         except BaseException as err:  # noqa: BLE001 - every waiter learns of it
             res = [err] * len(reqs)
         self._results.update(zip(ids, res))
