@@ -488,3 +488,14 @@ def test_later_al_rounds_query_without_compiling(tiny_folder, tmp_path, monkeypa
     s = fast_main.run(cfg, tmp_path / "run", progress=False)
     assert [r["labeled"] for r in s["al_rounds"]] == [30, 39, 48]
     assert len(counts) == 2 and counts[1] == 0, counts
+
+
+def test_a_changed_train_rounds_points_at_active_rounds(tiny_folder, tmp_path):
+    """The loop fixes train.rounds for a run (its AL rounds are laid out on it): the
+    refusal says a rerun may raise active.rounds, not that lr_drop_at ties it."""
+    cfg = _cfg(tiny_folder, active__rounds=1, train__rounds=1, train__local_steps=1, train__lr_drop_at=0.75)
+    fast_main.run(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"train.rounds: 1 -> 2 \(fixed for this run; a rerun may raise "
+                                         r"active.rounds instead\)"):
+        fast_main.run(_cfg(tiny_folder, active__rounds=1, train__rounds=2, train__local_steps=1,
+                           train__lr_drop_at=0.75), tmp_path / "run", progress=False)

@@ -237,6 +237,7 @@ class RunDir:
         except (OSError, ValueError, AttributeError) as e:
             raise RunMismatchError(f"{self.config_path} is unreadable ({e}); delete {self.path} "
                                    "to start afresh or choose another --workdir") from None
+        given = extendable is not None  # a method's own rule (the active loop: active.rounds)
         if extendable is None:
             extendable = {}
             if not flatten(new).get("train.lr_drop_at"):
@@ -244,9 +245,11 @@ class RunDir:
         diffs = config_differences(old, new, extendable, NON_RESULT_KEYS | set(ignore),
                                    defaults=defaults)
         drop_at = flatten(new).get("train.lr_drop_at")
-        if drop_at and "train.rounds" not in extendable:
-            diffs = [d + (f" (not extendable: train.lr_drop_at={drop_at} ties the lr schedule to it)"
-                          if d.startswith("train.rounds:") else "") for d in diffs]
+        note = (f" (fixed for this run; a rerun may raise {', '.join(extendable)} instead)" if given
+                else f" (not extendable: train.lr_drop_at={drop_at} ties the lr schedule to it)" if drop_at
+                else "")
+        if note and "train.rounds" not in extendable:
+            diffs = [d + (note if d.startswith("train.rounds:") else "") for d in diffs]
         if diffs:
             raise RunMismatchError(
                 f"work directory {self.path} holds a different run ({len(diffs)} result-relevant "
