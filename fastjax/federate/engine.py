@@ -352,6 +352,128 @@ class FitResult:
     before_last: Any = None  # the global model before the last round (keep_before_last, when run here)
 
 
+# ---------------------------------------------------------------- a fit's steps
+# `fit` runs them for one run; `experiments.fit_group` runs the same ones for each of
+# many experiments trained as one computation, so both write the same files and rows.
+
+
+@dataclasses.dataclass
+class Run:
+    """One fit's bookkeeping: the work directory's checkpoints and metrics log (None
+    without a work directory), the rows so far, the first round still to run, the MiB
+    communicated so far."""
+
+    steps_all: np.ndarray  # local steps per client
+    waste: float  # padding_waste
+    workdir: Path | None
+    ckpt: Any
+    metrics: Any
+    history: list
+    start_round: int
+    comm: float
+
+
+def open_run(clients: ClientArrays, spec: TrainSpec, variables, *, workdir=None, round_offset: int = 0,
+             extra_comm_bytes: int = 0, log: Callable[[str], None] = print):
+    """Check the options, count the clients' local steps, open `workdir` and resume from
+    it (`resume.resume`, the rules the deployment's server follows too). Returns
+    (Run, the variables to start from)."""
+    spec.validate()
+    steps_all = local.steps_per_client(clients.n, spec.batch_size, spec.local_epochs, spec.local_steps)
+    max_steps = int(steps_all.max())
+    if max_steps == 0:
+        raise ValueError("every client has an empty training set")
+    waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None,
+                          spec.strategy, spec.client_chunk)
+    workdir = Path(workdir) if workdir is not None else None
+    run = Run(steps_all, waste, workdir, None, None, [], round_offset + 1, extra_comm_bytes / MIB)
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        run.ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
+        run.metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
+        variables, run.history, run.start_round, run.comm = resume.resume(
+            run.ckpt, run.metrics, variables, last_round=round_offset + spec.rounds, round_offset=round_offset,
+            extra_comm_mib=extra_comm_bytes / MIB, log=log)
+    return run, variables
+
+
+def round_rows(run: Run, clients: ClientArrays, spec: TrainSpec, r: int, mesh=None):
+    """Round r's selected clients, padded with empty zero-weight rows (client 0, n = 0)
+    that fill a device mesh evenly: (rows, n, steps) per row, int32."""
+    sel = select_clients(clients.num_clients, spec.participation, spec.seed, r)
+    m = execution.padded_client_count(len(sel), spec.strategy, mesh)
+    rows = np.concatenate([sel, np.zeros(m - len(sel), np.int64)]).astype(np.int32)
+    real = np.arange(m) < len(sel)
+    return (rows, np.where(real, clients.n[rows], 0).astype(np.int32),
+            np.where(real, run.steps_all[rows], 0).astype(np.int32))
+
+
+def check_finite(run: Run, r: int, losses: np.ndarray, rows: np.ndarray, n_r: np.ndarray):
+    """The error that stops the run when a real client's loss in round r is not finite
+    (naming the round, the client and the last good checkpoint), else None."""
+    real = n_r > 0
+    if np.all(np.isfinite(losses[real])):
+        return None
+    pos = int(np.flatnonzero(~np.isfinite(losses) & real)[0])
+    return nonfinite_error(r, int(rows[pos]), losses[pos], run.ckpt.latest() if run.ckpt is not None else None,
+                           run.workdir)
+
+
+def count_comm(run: Run, n_r: np.ndarray, bytes_per_client: int) -> int:
+    """Adds round's traffic (each real client's state down and up) to run.comm; returns
+    the number of clients that took part."""
+    m = int(np.sum(n_r > 0))
+    run.comm += 2 * m * bytes_per_client / MIB
+    return m
+
+
+def eval_due(spec: TrainSpec, r: int, round_offset: int) -> bool:
+    return (r - round_offset) % spec.eval_every == 0 or r == round_offset + spec.rounds
+
+
+def checkpoint_due(spec: TrainSpec, r: int, round_offset: int, keep_before_last: bool) -> bool:
+    """Every spec.checkpoint_every rounds, at the last round, and (keep_before_last) the
+    round before it."""
+    last_round = round_offset + spec.rounds
+    return bool((spec.checkpoint_every and (r - round_offset) % spec.checkpoint_every == 0) or r == last_round
+                or (keep_before_last and r == last_round - 1))
+
+
+def metrics_row(r: int, losses: np.ndarray, n_r: np.ndarray, lr: float, clients: int, comm: float, *,
+                row_extra: dict | None, hit: np.ndarray | None, client_test, seconds: float) -> dict:
+    """Round r's metrics row: the sample-weighted loss of its real clients, and, when it
+    was evaluated, the accuracy from `hit` (whether each test sample was predicted) and
+    per client's test indices."""
+    real = n_r > 0
+    rec = {"round": r, **(row_extra or {}), "loss": float(np.average(losses[real], weights=n_r[real])),
+           "lr": lr, "clients": clients, "comm_mib": comm}
+    if hit is not None:
+        rec["accuracy"] = float(np.mean(hit))
+        if client_test is not None:
+            rec["client_accuracy"] = [float(np.mean(hit[ix])) if len(ix) else None for ix in client_test]
+    rec["seconds"] = seconds
+    return rec
+
+
+def log_round(run: Run, rec: dict):
+    run.history.append(rec)
+    if run.metrics is not None:
+        run.metrics.append(rec)
+
+
+def save_checkpoint(run: Run, r: int, variables):
+    if run.ckpt is not None:
+        run.ckpt.save(r, variables)
+
+
+def finish(run: Run, plot: bool = True):
+    """Close the checkpoints; plot the run's accuracy (accuracy.png) when it has rows."""
+    if run.ckpt is not None:
+        run.ckpt.close()
+    if plot and run.workdir is not None and run.history:
+        plot_history(run.metrics.read(), run.workdir / "accuracy.png")
+
+
 def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.ndarray,
         spec: TrainSpec, preprocess: Callable, *, workdir: str | os.PathLike | None = None,
         client_test: Sequence[np.ndarray] | None = None, extra_comm_bytes: int = 0,
@@ -378,92 +500,55 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     and return it (`FitResult.before_last`), from which that round's client models can be
     recomputed (`make_client_models_fn`).
     """
-    spec.validate()
-    k = clients.num_clients
-    steps_all = local.steps_per_client(clients.n, spec.batch_size, spec.local_epochs, spec.local_steps)
-    max_steps = int(steps_all.max())
-    if max_steps == 0:
-        raise ValueError("every client has an empty training set")
-    waste = padding_waste(clients.n, steps_all, spec.batch_size, max_steps, spec.local_steps is None,
-                          spec.strategy, spec.client_chunk)
-
+    run, variables = open_run(clients, spec, variables, workdir=workdir, round_offset=round_offset,
+                              extra_comm_bytes=extra_comm_bytes, log=log)
     # Index clients (`source`) gathered on the host: one run alone needs only its clients' rows.
     x_dev = jnp.asarray(clients.x if clients.source is None else clients.source[clients.x])
     y_dev = jax.tree.map(jnp.asarray, clients.labels())
-    n_all = clients.n
     round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh, objective)
     evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)
     first, last_round = round_offset + 1, round_offset + spec.rounds
-
-    workdir = Path(workdir) if workdir is not None else None
-    history: list[dict] = []
-    start_round = first
-    comm = extra_comm_bytes / MIB
-    ckpt = metrics = None
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
-        metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
-        # The deployment's server resumes by the same rules (fastjax.federate.resume).
-        variables, history, start_round, comm = resume.resume(
-            ckpt, metrics, variables, last_round=last_round, round_offset=round_offset,
-            extra_comm_mib=extra_comm_bytes / MIB, log=log)
     before_last = None
     t_train = time.perf_counter()
-    bar = _progress(range(start_round, last_round + 1), progress, spec.rounds, start_round - first)
+    bar = _progress(range(run.start_round, last_round + 1), progress, spec.rounds, run.start_round - first)
     for r in bar:
         t0 = time.perf_counter()
-        sel = select_clients(k, spec.participation, spec.seed, r)
-        # Padding rows (empty, zero-weight clients) fill a device mesh evenly.
-        rows = np.concatenate([sel, np.zeros(execution.padded_client_count(len(sel), spec.strategy, mesh)
-                                             - len(sel), np.int64)])
-        n_r = np.where(np.arange(len(rows)) < len(sel), n_all[rows], 0).astype(np.int32)
-        steps_r = np.where(np.arange(len(rows)) < len(sel), steps_all[rows], 0).astype(np.int32)
-        if len(rows) == k and np.array_equal(rows, np.arange(k)):
-            args = (x_dev, y_dev)  # full participation: no gather
-        else:
-            rows_dev = jnp.asarray(rows)
-            args = (x_dev[rows_dev], jax.tree.map(lambda a: a[rows_dev], y_dev))
-        lr = spec.learning_rate(r - first)
-        new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r),
-                                   jnp.asarray(rows, jnp.int32), round_hyper(spec, r - first),
-                                   round_key(spec.seed, r))
-        losses = np.asarray(stats["loss"])
-        real = n_r > 0
-        if not np.all(np.isfinite(losses[real])):
-            pos = int(np.flatnonzero(~np.isfinite(losses) & real)[0])
-            raise nonfinite_error(r, int(rows[pos]), losses[pos], ckpt.latest() if ckpt is not None else None,
-                                  workdir)
+        rows, n_r, steps_r = round_rows(run, clients, spec, r, mesh)
+        new_vars, losses = _train_round(round_fn, variables, x_dev, y_dev, rows, n_r, steps_r, spec, r, first)
+        err = check_finite(run, r, losses, rows, n_r)
+        if err is not None:
+            raise err
         if keep_before_last and r == last_round:
             before_last = variables
         variables = new_vars
-        m = int(np.sum(real))
-        comm += 2 * m * bytes_per_client / MIB
-        rec = {"round": r, **(row_extra or {}), "loss": float(np.average(losses[real], weights=n_r[real])),
-               "lr": lr, "clients": m, "comm_mib": comm}
-        if (r - round_offset) % spec.eval_every == 0 or r == last_round:
-            pred = evaluate(variables, test_x, spec.eval_batch_size)
-            rec["accuracy"] = float(np.mean(pred == test_y))
-            if client_test is not None:
-                rec["client_accuracy"] = [float(np.mean(pred[ix] == test_y[ix])) if len(ix) else None
-                                          for ix in client_test]
-        rec["seconds"] = time.perf_counter() - t0
-        history.append(rec)
-        if workdir is not None:
-            metrics.append(rec)
-            if (spec.checkpoint_every and (r - round_offset) % spec.checkpoint_every == 0) or r == last_round \
-                    or (keep_before_last and r == last_round - 1):
-                ckpt.save(r, variables)
+        m = count_comm(run, n_r, bytes_per_client)
+        hit = evaluate(variables, test_x, spec.eval_batch_size) == test_y if eval_due(spec, r, round_offset) else None
+        rec = metrics_row(r, losses, n_r, spec.learning_rate(r - first), m, run.comm, row_extra=row_extra, hit=hit,
+                          client_test=client_test, seconds=time.perf_counter() - t0)
+        log_round(run, rec)
+        if checkpoint_due(spec, r, round_offset, keep_before_last):
+            save_checkpoint(run, r, variables)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('accuracy', float('nan')):.3f}",
-                            mib=f"{comm:.0f}")
+                            mib=f"{run.comm:.0f}")
     train_seconds = time.perf_counter() - t_train
-    if ckpt is not None:
-        ckpt.close()
-    if workdir is not None and history:
-        plot_history(metrics.read(), workdir / "accuracy.png")
-    return FitResult(variables, history, comm, waste, train_seconds, before_last)
+    finish(run)
+    return FitResult(variables, run.history, run.comm, run.waste, train_seconds, before_last)
+
+
+def _train_round(round_fn, variables, x_dev, y_dev, rows, n_r, steps_r, spec: TrainSpec, r: int, first: int):
+    """One round on the device: the selected clients' rows (no gather under full
+    participation), local updates, aggregation. Returns (variables, losses on the host)."""
+    k = x_dev.shape[0]
+    if len(rows) == k and np.array_equal(rows, np.arange(k)):
+        args = (x_dev, y_dev)
+    else:
+        rows_dev = jnp.asarray(rows)
+        args = (x_dev[rows_dev], jax.tree.map(lambda a: a[rows_dev], y_dev))
+    new_vars, stats = round_fn(variables, *args, jnp.asarray(n_r), jnp.asarray(steps_r), jnp.asarray(rows, jnp.int32),
+                               round_hyper(spec, r - first), round_key(spec.seed, r))
+    return new_vars, np.asarray(stats["loss"])
 
 
 def _progress(it, enabled: bool, total: int, initial: int):

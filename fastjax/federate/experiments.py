@@ -1,22 +1,15 @@
 """The experiment axis: E experiments that share their shapes train as one compiled round.
 
 Clients are a batch axis inside a round (`execution`); experiments are another, outside
-it. `make_experiment_round` lifts the one-experiment round (the one-client local update
-lifted by any execution strategy, then aggregation) with `jax.vmap` over experiments:
-global variables stacked (E, ...), clients (E, K, ...), aggregation and evaluation per
-experiment. The local update is still written once, for one client.
-
-Data shared, not copied: clients hold indices (E, K, capacity) into one device-resident
-copy of every distinct training set of the group (`Sources`); the local update gathers
-each batch from it (`preprocess(data[index])`), so E experiments over the same images
-hold the images once. Requests built without a source (pixel clients) become their own
-source: correct, but copied.
+it. What the group computes and where its arrays live (the round lifted over
+experiments, the data held once, the mesh) is `stacked`; this module runs the rounds.
 
 No host round trip per round: rounds are dispatched one after another; losses and
 test-set hits stay on the device and are read back at checkpoint boundaries (and the
 last round), where the NaN check runs: an experiment whose loss went non-finite stops
 with the error `engine.fit` gives (naming the round and client), keeping its rows and
-checkpoints before that round; the others go on.
+checkpoints before that round; the others go on. The bookkeeping of each experiment
+(resume, NaN check, metrics rows, checkpoints, plot) is `engine.fit`'s own steps.
 
 `fit_experiments(requests)` is `engine.fit` for many experiments: each request is the
 arguments of one `engine.fit` call; requests are grouped by `signature` (what enters the
@@ -30,18 +23,21 @@ code (a method's `run`) call it as if it were `engine.fit` from many threads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from fastjax.federate import aggregators, checkpoints, engine, execution, local, resume
+from fastjax.federate import engine, execution
+from fastjax.federate.stacked import (device_inputs, experiment_mesh, fn_key, make_experiment_eval,
+                                      make_experiment_round, placement, share)
+
+__all__ = ["FitRequest", "Rendezvous", "experiment_bytes", "experiment_mesh", "fit_experiments", "fit_group",
+           "signature", "stack_inputs"]
 
 # TrainSpec fields that only set per-round values (learning rate, seed: keys, client
 # choice): experiments differing in them share one compiled round.
@@ -60,24 +56,6 @@ class FitRequest:
     spec: engine.TrainSpec
     preprocess: Callable
     options: dict = dataclasses.field(default_factory=dict)
-
-
-def fn_key(fn) -> tuple:
-    """An identity for a preprocessing function that two experiments built alike share:
-    its code and the values it closes over (e.g. the channel mean and std)."""
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return (id(fn),)
-    cells = []
-    for c in fn.__closure__ or ():
-        v = c.cell_contents
-        cells.append(_digest(np.asarray(v)) if isinstance(v, (np.ndarray, jax.Array)) else repr(v))
-    return (code, tuple(cells))
-
-
-def _digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    return f"{a.dtype}{a.shape}" + hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest()
 
 
 def _shapes(tree) -> tuple:
@@ -124,219 +102,49 @@ def signature(req: FitRequest) -> tuple:
             o.get("client_test") is None)
 
 
-# --------------------------------------------------------------------- compiled parts
-
-
-def make_experiment_round(model, spec: engine.TrainSpec, preprocess: Callable, mesh=None,
-                          objective: Callable | None = None):
-    """One jitted round of E experiments:
-
-    round(vars (E, ...), data (N, ...), index (E, K, cap), y (E, K, cap, ...), n (E, m),
-          steps (E, m), rows (E, m), hyper (E,), key (E,), active (E,)) -> (vars, stats)
-
-    rows: the selected clients (padding rows point at client 0 with n = 0); an inactive
-    experiment (one resumed past this round) keeps its variables."""
-    weights = aggregators.WEIGHTS[spec.aggregator]
-    lspec = engine.local_spec(spec)
-
-    def one(global_vars, data, index, y, n, steps, rows, hyper, key, active):
-        # The local update reads a batch as preprocess(data[its indices]): the one
-        # device copy of the data is gathered from, never replicated per experiment.
-        update = local.make_local_update(model, lspec, lambda ix: preprocess(data[ix]), objective)
-        run = execution.lift(update, spec.strategy, mesh, chunk=spec.client_chunk,
-                             chunk_memory_bytes=spec.chunk_memory_mb * engine.MIB)
-        keys = jax.vmap(lambda i: engine.client_key(key, i))(rows)
-        take = lambda a: a[rows]  # noqa: E731
-        new, stats = run(global_vars, take(index), jax.tree.map(take, y), n, steps, hyper, keys,
-                         weights(n, steps, momentum=spec.momentum))
-        new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, global_vars)
-        return new, stats
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, 0, 0, 0, 0, 0, 0)))
-
-
-def eval_batch(n: int, batch_size: int) -> int:
-    """The evaluation batch `engine.batched` uses for n samples."""
-    return max(1, min(batch_size, 1 << max(n - 1, 0).bit_length()))
-
-
-def make_experiment_eval(model, preprocess: Callable, n: int, batch_size: int):
-    """hits(vars (E, ...), data (N, ...), offset (E,), y (E, n)) -> (E, n) bool: whether
-    each experiment's model predicts its test samples data[offset_e : offset_e + n]."""
-    bs = eval_batch(n, batch_size)
-    nb = -(-n // bs)
-
-    def one(variables, data, offset, y):
-        ix = offset + jnp.minimum(jnp.arange(nb * bs), n - 1).reshape(nb, bs)
-        pred = jax.lax.map(lambda i: jnp.argmax(model.apply(variables, preprocess(data[i]), train=False),
-                                                axis=-1), ix)
-        return pred.reshape(-1)[:n] == y
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0)))
-
-
-# ----------------------------------------------------------------------- shared data
-
-
-@dataclasses.dataclass(frozen=True)
-class Sources:
-    """Every distinct array of a group concatenated once (`data`) and each experiment's
-    row offset into it."""
-
-    data: np.ndarray
-    offsets: list[int]
-
-
-def share(arrays: list[np.ndarray]) -> Sources:
-    """One copy of each distinct array (same object, or same bytes), concatenated."""
-    parts, offsets, seen, total = [], [], {}, 0
-    for a in arrays:
-        key = id(a) if id(a) in seen else _digest(a)
-        if key not in seen:
-            seen[key] = seen[id(a)] = total
-            parts.append(a)
-            total += len(a)
-        seen.setdefault(id(a), seen[key])
-        offsets.append(seen[key])
-    return Sources(parts[0] if len(parts) == 1 else np.concatenate(parts), offsets)
-
-
-def _client_index(c: engine.ClientArrays) -> tuple[np.ndarray, np.ndarray]:
-    """(source, index (K, cap)) of a request's clients; pixel clients are their own source."""
-    if c.source is not None:
-        return c.source, np.asarray(c.x, np.int32)
-    k, cap = c.x.shape[:2]
-    return c.x.reshape((k * cap,) + c.x.shape[2:]), np.arange(k * cap, dtype=np.int32).reshape(k, cap)
-
-
-def _pad_to(a: np.ndarray, cap: int) -> np.ndarray:
-    if a.shape[1] == cap:
-        return a
-    pad = [(0, 0), (0, cap - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
-    return np.pad(a, pad)
+# ------------------------------------------------------------------------- the loop
 
 
 def stack_inputs(reqs: list[FitRequest]):
     """Device inputs of a group: (data, index (E, K, cap), labels (E, K, cap, ...))."""
-    pairs = [_client_index(r.clients) for r in reqs]
-    src = share([p[0] for p in pairs])
-    cap = max(p[1].shape[1] for p in pairs)
-    index = np.stack([_pad_to(p[1], cap) + o for p, o in zip(pairs, src.offsets)])
-
-    # Labels and weights padded to the group's capacity; the objective's per-client aux
-    # arrays (their own shapes) only stacked.
-    stack = lambda *a: np.stack(a)  # noqa: E731
-    y = dataclasses.replace(
-        reqs[0].clients, y=np.stack([_pad_to(r.clients.y, cap) for r in reqs]),
-        w=None if reqs[0].clients.w is None else np.stack([_pad_to(r.clients.w, cap) for r in reqs]),
-        aux=None if reqs[0].clients.aux is None else jax.tree.map(stack, *[r.clients.aux for r in reqs]),
-    ).labels()
-    return jnp.asarray(src.data), jnp.asarray(index), jax.tree.map(jnp.asarray, y)
-
-
-# ------------------------------------------------------------------------- the loop
+    return device_inputs([r.clients for r in reqs])
 
 
 @dataclasses.dataclass
 class _Experiment:
-    """One experiment's bookkeeping in a joint fit (what `engine.fit` keeps in locals)."""
+    """One experiment of a joint fit: its request, its `engine.Run`, the error that
+    stopped it, and its rounds run but not yet read back."""
 
     req: FitRequest
-    steps_all: np.ndarray
-    waste: float
-    workdir: Path | None
-    ckpt: Any
-    metrics: Any
-    history: list
-    start_round: int
-    comm: float
+    run: engine.Run
     error: Exception | None = None
     before_last: Any = None
-    pending: list = dataclasses.field(default_factory=list)  # rows awaiting their device values
+    pending: list = dataclasses.field(default_factory=list)  # (round, lr, clients, comm, rows, n) awaiting losses
 
 
-def _open(req: FitRequest, first: int, last_round: int) -> _Experiment:
-    spec, o = req.spec, req.options
-    spec.validate()
-    steps_all = local.steps_per_client(req.clients.n, spec.batch_size, spec.local_epochs, spec.local_steps)
-    max_steps = int(steps_all.max())
-    if max_steps == 0:
-        raise ValueError("every client has an empty training set")
-    waste = engine.padding_waste(req.clients.n, steps_all, spec.batch_size, max_steps,
-                                 spec.local_steps is None, spec.strategy, spec.client_chunk)
-    extra = o.get("extra_comm_bytes", 0) / engine.MIB
-    workdir = Path(o["workdir"]) if o.get("workdir") is not None else None
-    ex = _Experiment(req, steps_all, waste, workdir, None, None, [], first, extra)
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        ex.ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
-        ex.metrics = checkpoints.MetricsLog(workdir / "metrics.jsonl")
-        req.variables, ex.history, ex.start_round, ex.comm = resume.resume(
-            ex.ckpt, ex.metrics, req.variables, last_round=last_round, round_offset=first - 1,
-            extra_comm_mib=extra, log=o.get("log", print))
-    return ex
+def _open(req: FitRequest, first: int) -> _Experiment:
+    o = req.options
+    run, req.variables = engine.open_run(req.clients, req.spec, req.variables, workdir=o.get("workdir"),
+                                         round_offset=first - 1, extra_comm_bytes=o.get("extra_comm_bytes", 0),
+                                         log=o.get("log", print))
+    return _Experiment(req, run)
 
 
-def _round_inputs(ex: _Experiment, r: int, first: int, m: int):
-    """Host-side inputs of round r for one experiment (no device values read)."""
-    spec, k = ex.req.spec, ex.req.clients.num_clients
-    sel = engine.select_clients(k, spec.participation, spec.seed, r)
-    rows = np.concatenate([sel, np.zeros(m - len(sel), np.int64)]).astype(np.int32)
-    real = np.arange(m) < len(sel)
-    n_r = np.where(real, ex.req.clients.n[rows], 0).astype(np.int32)
-    steps_r = np.where(real, ex.steps_all[rows], 0).astype(np.int32)
-    return rows, n_r, steps_r, spec.learning_rate(r - first)
-
-
-def _flush(ex: _Experiment, losses: dict, hits: dict, e: int, live_vars, r_now: int):
-    """Finish experiment e's pending rows with their device values (read back now): the
-    NaN check, metrics rows, checkpoints of this boundary."""
+def _flush(ex: _Experiment, losses: dict, hits: dict, e: int, live_vars, r_now: int, seconds: float):
+    """Finish experiment e's pending rounds with their device values (read back now):
+    `engine.fit`'s NaN check, metrics rows and the checkpoint of this boundary."""
     o = ex.req.options
-    for rec, rows, n_r in ex.pending:
-        r = rec["round"]
-        loss = losses[r][e]
-        real = n_r > 0
-        if not np.all(np.isfinite(loss[real])):
-            pos = int(np.flatnonzero(~np.isfinite(loss) & real)[0])
-            good = ex.ckpt.latest() if ex.ckpt is not None else None
-            ex.error = engine.nonfinite_error(r, int(rows[pos]), loss[pos], good, ex.workdir)
+    for r, lr, clients, comm, rows, n_r in ex.pending:
+        ex.error = engine.check_finite(ex.run, r, losses[r][e], rows, n_r)
+        if ex.error is not None:
             ex.pending = []
             return
-        rec["loss"] = float(np.average(loss[real], weights=n_r[real]))
-        if r in hits:
-            hit = hits[r][e]
-            rec["accuracy"] = float(np.mean(hit))
-            if o.get("client_test") is not None:
-                rec["client_accuracy"] = [float(np.mean(hit[ix])) if len(ix) else None for ix in o["client_test"]]
-        rec = {k: rec[k] for k in ("round", *(o.get("row_extra") or {}), "loss", "lr", "clients", "comm_mib",
-                                   "accuracy", "client_accuracy", "seconds") if k in rec}
-        ex.history.append(rec)
-        if ex.metrics is not None:
-            ex.metrics.append(rec)
+        engine.log_round(ex.run, engine.metrics_row(
+            r, losses[r][e], n_r, lr, clients, comm, row_extra=o.get("row_extra"),
+            hit=hits[r][e] if r in hits else None, client_test=o.get("client_test"), seconds=seconds))
     ex.pending = []
-    if ex.ckpt is not None and r_now >= ex.start_round:
-        ex.ckpt.save(r_now, jax.tree.map(lambda a: a[e], live_vars))
-
-
-def experiment_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over all (or the given) devices with the axis name 'experiments'; with
-    `jax.distributed.initialize()` it spans every process's devices."""
-    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("experiments",))
-
-
-def _placement(mesh: Mesh | None, e: int):
-    """(put_split, put_shared): per-experiment arrays split over the mesh's 'experiments'
-    axis (E padded to a multiple of its size by repeating the last experiment, whose
-    copies are never read back), shared ones (the data) replicated."""
-    if mesh is None:
-        return (lambda tree: jax.tree.map(jnp.asarray, tree)), jnp.asarray
-    pad = -e % mesh.devices.size
-    split, rep = NamedSharding(mesh, P("experiments")), NamedSharding(mesh, P())
-
-    def put_split(tree):
-        return jax.tree.map(lambda a: jax.device_put(jnp.concatenate([a] + [a[-1:]] * pad) if pad else a, split),
-                            tree)
-    return put_split, lambda a: jax.device_put(a, rep)
+    if r_now >= ex.run.start_round:
+        engine.save_checkpoint(ex.run, r_now, jax.tree.map(lambda a: a[e], live_vars))
 
 
 def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
@@ -345,96 +153,84 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     split the experiments over (None: the default device)."""
     r0 = reqs[0]
     spec0, o0 = r0.spec, r0.options
-    first = o0.get("round_offset", 0) + 1
-    last_round = first - 1 + spec0.rounds
+    offset = o0.get("round_offset", 0)
+    first, last_round = offset + 1, offset + spec0.rounds
     out: list = [None] * len(reqs)
     exps: list[_Experiment] = []
     for i, req in enumerate(reqs):
         try:
-            exps.append(_open(req, first, last_round))
+            exps.append(_open(req, first))
         except Exception as err:  # noqa: BLE001 - that experiment fails, the others go on
             out[i] = err
     live = [i for i in range(len(reqs)) if out[i] is None]
     if not live:
         return out
-    exps_by = dict(zip(live, exps))
     group = [reqs[i] for i in live]
-    m = _participants(r0)
-    obj = o0.get("objective")
-    compiled = (engine.local_spec(spec0), spec0.aggregator, spec0.strategy, spec0.client_chunk, spec0.chunk_memory_mb)
-    round_fn = _memo(("round", r0.model, compiled, fn_key(r0.preprocess), o0.get("mesh"),
-                      fn_key(obj) if obj is not None else None),
-                     lambda: make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), obj))
-    put, put_shared = _placement(mesh, len(group))
-    data, index, y = stack_inputs(group)
-    data, (index, y) = put_shared(data), put((index, y))
-    test = share([np.asarray(r.test_x) for r in group])
-    n_test = len(r0.test_x)
-    evaluate = _memo(("eval", r0.model, fn_key(r0.preprocess), n_test, spec0.eval_batch_size),
-                     lambda: make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size))
-    test_data = put_shared(test.data)
-    test_off, test_y = put((np.asarray(test.offsets, np.int32), np.stack([np.asarray(r.test_y) for r in group])))
-    variables = put(jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *[r.variables for r in group]))
+    put, round_fn, evaluate, inputs, variables = _place_group(group, mesh)
     bytes_per_client = engine.state_bytes(r0.variables)
-    start = min(exps_by[i].start_round for i in live)
     keep_before_last = bool(o0.get("keep_before_last"))
     losses: dict = {}
     hits: dict = {}
     t_train = time.perf_counter()
     t_mark = t_train
-    for r in range(start, last_round + 1):
-        ins = [_round_inputs(exps_by[i], r, first, m) for i in live]
-        active = np.array([exps_by[i].start_round <= r and exps_by[i].error is None for i in live])
-        hyper = {"lr": np.asarray([x[3] for x in ins], np.float32),
-                 "round": np.full((len(live),), r - first, np.int32)}
-        keys = jnp.stack([engine.round_key(reqs[i].spec.seed, r) for i in live])  # stays on the device
+    for r in range(min(ex.run.start_round for ex in exps), last_round + 1):
+        active = np.array([ex.run.start_round <= r and ex.error is None for ex in exps])
+        ins = [engine.round_rows(ex.run, ex.req.clients, ex.req.spec, r, ex.req.options.get("mesh")) for ex in exps]
+        lrs = [ex.req.spec.learning_rate(r - first) for ex in exps]
+        hyper = {"lr": np.asarray(lrs, np.float32), "round": np.full((len(exps),), r - first, np.int32)}
+        keys = jnp.stack([engine.round_key(ex.req.spec.seed, r) for ex in exps])  # stays on the device
         if keep_before_last and r == last_round:
             before = variables
         per_round = put((np.stack([x[1] for x in ins]), np.stack([x[2] for x in ins]), np.stack([x[0] for x in ins]),
                          hyper, keys, active))
-        variables, stats = round_fn(variables, data, index, y, *per_round)
+        variables, stats = round_fn(variables, *inputs["train"], *per_round)
         losses[r] = stats["loss"]  # on the device until the next boundary
-        evaluated = (r - first + 1) % spec0.eval_every == 0 or r == last_round
-        if evaluated:
-            hits[r] = evaluate(variables, test_data, test_off, test_y)
-        for j, i in enumerate(live):
-            ex = exps_by[i]
-            if not active[j]:
-                continue
-            rows, n_r, _, lr = ins[j]
-            mm = int(np.sum(n_r > 0))
-            ex.comm += 2 * mm * bytes_per_client / engine.MIB
-            ex.pending.append(({"round": r, **(ex.req.options.get("row_extra") or {}), "lr": lr,
-                                "clients": mm, "comm_mib": ex.comm}, rows, n_r))
-        boundary = (r == last_round or (spec0.checkpoint_every and (r - first + 1) % spec0.checkpoint_every == 0)
-                    or (keep_before_last and r == last_round - 1))
-        if not boundary:
+        if engine.eval_due(spec0, r, offset):
+            hits[r] = evaluate(variables, *inputs["test"])
+        for ex, (rows, n_r, _), lr, on in zip(exps, ins, lrs, active):
+            if on:
+                m = engine.count_comm(ex.run, n_r, bytes_per_client)
+                ex.pending.append((r, lr, m, ex.run.comm, rows, n_r))
+        if not engine.checkpoint_due(spec0, r, offset, keep_before_last):
             continue
         host_losses = {rr: np.asarray(v) for rr, v in losses.items()}
         host_hits = {rr: np.asarray(v) for rr, v in hits.items()}
         seconds = (time.perf_counter() - t_mark) / max(len(losses), 1)
-        for j, i in enumerate(live):
-            ex = exps_by[i]
-            for rec, _, _ in ex.pending:
-                rec["seconds"] = seconds
+        for j, ex in enumerate(exps):
             if ex.error is None and ex.pending:
-                _flush(ex, host_losses, host_hits, j, variables, r)
+                _flush(ex, host_losses, host_hits, j, variables, r, seconds)
             if keep_before_last and r == last_round and ex.error is None:
                 ex.before_last = jax.tree.map(lambda a: a[j], before)
         losses, hits, t_mark = {}, {}, time.perf_counter()
     train_seconds = time.perf_counter() - t_train
-    for j, i in enumerate(live):
-        ex = exps_by[i]
-        if ex.ckpt is not None:
-            ex.ckpt.close()
-        if ex.error is not None:
-            out[i] = ex.error
-            continue
-        if ex.workdir is not None and ex.history:
-            engine.plot_history(ex.metrics.read(), ex.workdir / "accuracy.png")
-        final = jax.tree.map(lambda a: a[j], variables)
-        out[i] = engine.FitResult(final, ex.history, ex.comm, ex.waste, train_seconds, ex.before_last)
+    for j, (i, ex) in enumerate(zip(live, exps)):
+        engine.finish(ex.run, plot=ex.error is None)
+        out[i] = ex.error or engine.FitResult(jax.tree.map(lambda a: a[j], variables), ex.run.history, ex.run.comm,
+                                              ex.run.waste, train_seconds, ex.before_last)
     return out
+
+
+def _place_group(group: list[FitRequest], mesh: Mesh | None):
+    """A group's compiled round and evaluation (built once per kind), its inputs placed on
+    the device(s): returns (put, round_fn, evaluate, {"train": (data, index, y), "test":
+    (data, offsets, y)}, stacked variables); put places per-experiment arrays."""
+    r0 = group[0]
+    spec0, o0 = r0.spec, r0.options
+    obj = o0.get("objective")
+    compiled = (engine.local_spec(spec0), spec0.aggregator, spec0.strategy, spec0.client_chunk, spec0.chunk_memory_mb)
+    round_fn = _memo(("round", r0.model, compiled, fn_key(r0.preprocess), o0.get("mesh"),
+                      fn_key(obj) if obj is not None else None),
+                     lambda: make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), obj))
+    n_test = len(r0.test_x)
+    evaluate = _memo(("eval", r0.model, fn_key(r0.preprocess), n_test, spec0.eval_batch_size),
+                     lambda: make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size))
+    put, put_shared = placement(mesh, len(group))
+    data, index, y = stack_inputs(group)
+    test = share([np.asarray(r.test_x) for r in group])
+    test_off, test_y = put((np.asarray(test.offsets, np.int32), np.stack([np.asarray(r.test_y) for r in group])))
+    inputs = {"train": (put_shared(data), *put((index, y))), "test": (put_shared(test.data), test_off, test_y)}
+    variables = put(jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *[r.variables for r in group]))
+    return put, round_fn, evaluate, inputs, variables
 
 
 def experiment_bytes(req: FitRequest) -> int:
