@@ -205,8 +205,9 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     train_seconds = time.perf_counter() - t_train
     for j, (i, ex) in enumerate(zip(live, exps)):
         engine.finish(ex.run, plot=ex.error is None)
-        out[i] = ex.error or engine.FitResult(jax.tree.map(lambda a: a[j], variables), ex.run.history, ex.run.comm,
-                                              ex.run.waste, train_seconds, ex.before_last)
+        out[i] = ex.error if ex.error is not None else engine.FitResult(
+            jax.tree.map(lambda a: a[j], variables), ex.run.history, ex.run.comm, ex.run.waste, train_seconds,
+            ex.before_last)
     return out
 
 
