@@ -19,10 +19,19 @@ swept, the mean and standard deviation over seeds of every other combination;
 Rerunning the command resumes every experiment; a work directory holding another sweep
 is refused. An experiment that fails (a non-finite loss names its round) stops with its
 error, the others finish, the table marks it and the command exits 1.
+
+Beyond one host: N processes (`--distributed`: found by `jax.distributed`'s cluster
+detection, SLURM or Open MPI; or `--coordinator HOST:PORT --num_processes N --process_id I`)
+each run their contiguous share of the grid (`share`) on their own devices, loading only
+their experiments' data; they meet at the end through JAX's coordination service (a
+barrier and a key-value store, no cross-process collective), and process 0 writes
+sweep.json / sweep.md / sweep.png for the whole grid. The work directory must be one
+filesystem that every process sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sys
@@ -138,12 +147,80 @@ def check_workdir(workdir: Path, defn: dict) -> None:
                          "the same command to resume, choose another --workdir, or delete it to start afresh")
 
 
+def share(n: int, process: int, processes: int) -> range:
+    """The experiments (grid indices) that `process` of `processes` runs: a contiguous
+    block, sizes differing by at most one (neighbours in the grid differ in the last axis
+    only, so a block keeps experiments that share stages and shapes together)."""
+    return range(process * n // processes, (process + 1) * n // processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """This process's place among a sweep's processes, and the distributed runtime they
+    meet through (None for one process; `close()` it at the end)."""
+
+    index: int = 0
+    count: int = 1
+    runtime: object = None
+
+    @property
+    def client(self):
+        return self.runtime.client
+
+    def close(self) -> None:
+        if self.runtime is not None:
+            self.runtime.shutdown()
+
+
+def connect(coordinator: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None) -> Processes:
+    """Join the sweep's processes through JAX's distributed runtime (`jax.distributed`'s
+    cluster detection: with no arguments SLURM, Open MPI or Cloud TPU; otherwise all three).
+    Only the sweep uses its coordination service (a barrier, a key-value store): each process
+    keeps its own devices (`jax.process_count()` stays 1), so its experiments, checkpoints and
+    compiles are those of a one-process sweep and no cross-process collective is needed."""
+    from jax._src import distributed
+
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if any(v is not None for v in given.values()) and any(v is None for v in given.values()):
+        missing = ", ".join(f"--{k}" for k, v in given.items() if v is None)
+        raise ValueError(f"--coordinator, --num_processes and --process_id go together; {missing} missing")
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1} (--num_processes)")
+    state = distributed.State()
+    state.initialize(coordinator, num_processes, process_id)
+    return Processes(state.process_id, state.num_processes, state)
+
+
+# A barrier of the coordination service waits at most this long (ms, under 2**31): the
+# other processes' experiments may take days.
+BARRIER_TIMEOUT_MS = 20 * 24 * 3600 * 1000
+
+
+def _all_rows(rows: list[dict], procs: Processes) -> list[dict]:
+    """Every process's rows, in process order (each process's share is a block of the grid)."""
+    if procs.count == 1:
+        return rows
+    procs.client.key_value_set(f"fastjax_sweep/rows/{procs.index}", json.dumps(rows), allow_overwrite=True)
+    procs.client.wait_at_barrier("fastjax_sweep/ran", BARRIER_TIMEOUT_MS)
+    return [r for p in range(procs.count)
+            for r in json.loads(procs.client.blocking_key_value_get(f"fastjax_sweep/rows/{p}", 60_000))]
+
+
+def _barrier(name: str, procs: Processes, timeout_ms: int = 600_000) -> None:
+    """Wait for every process (a short wait: around steps that take each the same time)."""
+    if procs.count > 1:
+        procs.client.wait_at_barrier(f"fastjax_sweep/{name}", timeout_ms)
+
+
 def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: int = 0,
-              memory_mb: float = 0, mesh=None, log=None) -> list[dict]:
+              memory_mb: float = 0, mesh=None, processes: Processes | None = None, log=None) -> list[dict]:
     """Run (or resume) every experiment of the grid; returns one row per experiment
     (also written to sweep.json / sweep.md / sweep.png). experiments_per_call / memory_mb:
     experiments per compiled call, given or from a device-memory budget. mesh: split each group's
-    experiments over its devices (`experiments.experiment_mesh`)."""
+    experiments over its devices (`experiments.experiment_mesh`; this process's devices).
+    processes (`connect`): this process runs its `share` of the grid; every process returns
+    the whole grid's rows, process 0 writes the files."""
     from fastjax import main as fastjax_main
     from fastjax.federate.checkpoints import atomic_write_text
     from fastjax.federate.experiments import Rendezvous
@@ -153,13 +230,19 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
     workdir = Path(workdir)
     grid = expand(config, axes)
     defn = definition(config, axes)
+    procs = processes or Processes()
     check_workdir(workdir, defn)
     for _, cfg in grid:
         config_lib.check_files(cfg)
+    # Every process has checked the directory before process 0 rewrites its sweep.json.
+    _barrier("checked", procs)
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": []}, indent=2) + "\n")
-    log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}")
-    rv = Rendezvous(len(grid), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
+    if procs.index == 0:
+        atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": []}, indent=2) + "\n")
+    mine = share(len(grid), procs.index, procs.count)
+    log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}"
+        + (f"; process {procs.index} of {procs.count} runs {mine.start + 1}-{mine.stop}" if procs.count > 1 else ""))
+    rv = Rendezvous(len(mine), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
     results: dict[int, object] = {}
 
     def one(i, cfg, name):
@@ -171,15 +254,16 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
                 if not isinstance(e, (ValueError, FloatingPointError, FileNotFoundError, PermissionError)):
                     traceback.print_exc()
 
-    threads = [threading.Thread(target=one, args=(i, cfg, experiment_name(v)), daemon=True)
-               for i, (v, cfg) in enumerate(grid)]
+    threads = [threading.Thread(target=one, args=(i, grid[i][1], experiment_name(grid[i][0])), daemon=True)
+               for i in mine]
     for t in threads:
         t.start()
     for t in threads:
         while t.is_alive():
             t.join(0.5)
     rows = []
-    for i, (values, _) in enumerate(grid):
+    for i in mine:
+        values = grid[i][0]
         res = results.get(i)
         row = {"experiment": experiment_name(values), **values}
         if isinstance(res, dict):
@@ -189,11 +273,14 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
             row.update({"status": "failed", "error": f"{type(res).__name__}: {res}"})
             log(f"experiment {row['experiment']} failed: {res}")
         rows.append(row)
-    means = seed_means(rows, axes)
-    atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": rows,
-                                                        "over_seeds": means}, indent=2) + "\n")
-    atomic_write_text(workdir / "sweep.md", markdown(rows, means, axes))
-    plot(workdir, rows, axes)
+    rows = _all_rows(rows, procs)
+    if procs.index == 0:
+        means = seed_means(rows, axes)
+        atomic_write_text(workdir / SWEEP_JSON, json.dumps({"definition": defn, "experiments": rows,
+                                                            "over_seeds": means}, indent=2) + "\n")
+        atomic_write_text(workdir / "sweep.md", markdown(rows, means, axes))
+        plot(workdir, rows, axes)
+    _barrier("written", procs)  # every process returns (and prints) the finished table
     return rows
 
 
@@ -288,8 +375,13 @@ def main(argv=None):
     flags.DEFINE_integer("experiments_per_call", 0, "experiments per compiled call (0: a group at once)")
     flags.DEFINE_float("experiment_memory_mb", 0.0, "or: as many experiments per call as fit this device "
                        "memory (MiB)")
-    flags.DEFINE_bool("shard_experiments", False, "split the experiments over every device (all hosts' "
-                      "after jax.distributed.initialize())")
+    flags.DEFINE_bool("shard_experiments", False, "split each group's experiments over this process's devices")
+    flags.DEFINE_bool("distributed", False, "one of several processes, found by jax.distributed's cluster "
+                      "detection (SLURM, Open MPI, Cloud TPU); each runs its share of the grid")
+    flags.DEFINE_string("coordinator", None, "or: process 0's HOST:PORT (a free port), with --num_processes "
+                        "and --process_id")
+    flags.DEFINE_integer("num_processes", None, "the number of processes (with --coordinator)")
+    flags.DEFINE_integer("process_id", None, "this process, 0..num_processes-1 (with --coordinator)")
 
     def parse(args):
         try:
@@ -319,6 +411,9 @@ def main(argv=None):
                 raise ValueError(f"{both[0]} is given both as --config.{both[0]} and as --sweep; give it once")
             from fastjax import compile_cache
 
+            procs = None
+            if f.distributed or f.coordinator or f.num_processes is not None or f.process_id is not None:
+                procs = connect(f.coordinator, f.num_processes, f.process_id)
             compile_cache.enable(f.config.compilation_cache_dir)
             mesh = None
             if f.shard_experiments:
@@ -326,7 +421,9 @@ def main(argv=None):
 
                 mesh = experiment_mesh()
             rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call,
-                             memory_mb=f.experiment_memory_mb, mesh=mesh)
+                             memory_mb=f.experiment_memory_mb, mesh=mesh, processes=procs)
+            if procs is not None:
+                procs.close()  # after the last barrier: every process has its rows
         except KeyboardInterrupt:
             fastjax_main._error(f"interrupted; rerun the same command to resume the sweep in {workdir}", 130, hard=True)
         except (ValueError, FileNotFoundError, PermissionError) as e:

@@ -169,10 +169,10 @@ def test_experiment_axis_sharded_over_4_host_devices():
 def _base(tiny_folder, **over):
     c = config_lib.base_config()
     c.unlock()
-    set_options(c, method="active", data__name="imagefolder", data__root=str(tiny_folder),
-                partition__scheme="iid", partition__num_clients=2, train__rounds=1, train__local_steps=1,
-                train__batch_size=8, train__checkpoint_every=1, active__rounds=2, compilation_cache_dir="off",
-                **over)
+    set_options(c, **{"method": "active", "data__name": "imagefolder", "data__root": str(tiny_folder),
+                      "partition__scheme": "iid", "partition__num_clients": 2, "train__rounds": 1,
+                      "train__local_steps": 1, "train__batch_size": 8, "train__checkpoint_every": 1,
+                      "active__rounds": 2, "compilation_cache_dir": "off", **over})
     c.lock()
     return c
 
@@ -274,3 +274,54 @@ def test_static_options_enter_the_signature():
     a = _request(x, y, 0, 0.05)
     b = dataclasses.replace(a, spec=dataclasses.replace(a.spec, momentum=0.5))
     assert experiments.signature(a) != experiments.signature(b)
+
+
+def test_share_splits_the_grid_in_blocks():
+    """Every experiment once, in grid order, block sizes within one of each other."""
+    for n, p in ((7, 3), (2, 2), (1, 3), (6, 1)):
+        blocks = [list(sweep.share(n, i, p)) for i in range(p)]
+        assert sum(blocks, []) == list(range(n))
+        assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_two_process_sweep_equals_one_process(tiny_folder, tmp_path):
+    """Two processes on 127.0.0.1 (JAX's coordination service) each run their share of a
+    two-experiment sweep; each experiment ends with the parameters of the one-process
+    sweep, and process 0's sweep.json lists both."""
+    import socket
+
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from fastjax import sweep
+        from tests.test_sweep import _base
+        port, pid, folder, out = sys.argv[1:]
+        procs = sweep.connect(f"127.0.0.1:{port}", 2, int(pid))
+        base = _base(Path(folder), active__rounds=1)
+        rows = sweep.run_sweep(base, sweep.parse_axes(["seed=0,1"], base), Path(out), processes=procs)
+        procs.close()
+        print("ROWS", [r["status"] for r in rows])
+    """)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(port), str(i), str(tiny_folder), str(tmp_path / "two")],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "ROWS ['ok', 'ok']" in out, err[-3000:]
+    base = _base(tiny_folder, active__rounds=1)
+    sweep.run_sweep(base, sweep.parse_axes(["seed=0,1"], base), tmp_path / "one")
+    listed = json.loads((tmp_path / "two" / "sweep.json").read_text())["experiments"]
+    assert [r["experiment"] for r in listed] == ["seed=0", "seed=1"]
+    for name in ("seed=0", "seed=1"):
+        one = json.loads((tmp_path / "one" / name / "summary.json").read_text())
+        assert [r["final_accuracy"] for r in listed if r["experiment"] == name] == [one["final_accuracy"]]
+        jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6),
+                     final_checkpoint(tmp_path / "two" / name), final_checkpoint(tmp_path / "one" / name))
