@@ -3,6 +3,7 @@
     python -m fastjax.sweep --config configs/cifar10_active.py \
         --sweep active.strategy=random,entropy,badge --sweep seed=0,1,2 --workdir runs/sweep \
         [--config.train.rounds=5 ...] [--experiments_per_call=0]
+        [--distributed | --coordinator HOST:PORT --num_processes N --process_id I]
 
 The config file and `--config.*` overrides are `fastjax.main`'s; each `--sweep key=v1,v2`
 adds an axis (the grid is their product). Every experiment is an ordinary run in
