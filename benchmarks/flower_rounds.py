@@ -3,15 +3,17 @@ config in one process (`python -m fastjax.main`), and where a Flower round's tim
 
     .venv/bin/python benchmarks/flower_rounds.py --rounds 8 --out runs/flower_rounds
 
-Three runs of configs/demo.py with two clients (a small subset by default, see --train):
-the one-process job; Flower with Flower's own polling (the server's
+Runs of configs/demo.py with two clients (a small subset by default, see --train): the
+one-process job, then Flower (--modes): `default`, Flower's own polling (the server's
 Grid.send_and_receive checks for replies every 3 s, each SuperNode's SuperExec looks for
-work every 1 s); Flower with fastjax's (run config poll=0.05,
-FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1). Each row is the median of rounds 2..R (round 1
-compiles). Then the fixed costs of one message on a site: Flower starts a fresh
-`flwr-clientapp` process per message, which imports Flower, JAX and fastjax and reads
-the compiled local update from the disk cache before it trains. Writes
-<out>/flower_rounds.json and prints a table.
+work every 1 s); `fast`, fastjax's (run config poll=0.05,
+FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1); `warm`, fastjax's polling and fastjax's SuperNode
+(`python -m fastjax.deploy.supernode`: one long-lived process per site, Flower's fixed
+waits shortened). Each row is the median of rounds 2..R (round 1 compiles). Then the
+fixed costs of one message on a site with `flower-supernode`: a fresh `flwr-clientapp`
+process per message, which imports Flower, JAX and fastjax and reads the compiled local
+update from the disk cache before it trains. Writes <out>/flower_rounds.json and prints
+a table.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _flower(out: pathlib.Path, overrides: str, server_poll: float, exec_poll: float) -> float:
-    """One `flwr run` on a fresh SuperLink + 2 SuperNodes; median seconds per round."""
+def _flower(out: pathlib.Path, overrides: str, server_poll: float, exec_poll: float,
+            warm: bool = False) -> float:
+    """One `flwr run` on a fresh SuperLink + 2 SuperNodes (Flower's `flower-supernode`,
+    or fastjax's warm `python -m fastjax.deploy.supernode`); median seconds per round."""
+    supernode = ([sys.executable, "-m", "fastjax.deploy.supernode"] if warm
+                 else [str(BIN / "flower-supernode")])
     link, nodes = _free_port(), [_free_port(), _free_port()]
     env = dict(os.environ, FLWR_HOME=str(out / "flwr-home"), JAX_PLATFORMS="cpu",
                FLWR_SUPEREXEC_TASK_POLL_INTERVAL=str(exec_poll),
@@ -69,7 +75,7 @@ def _flower(out: pathlib.Path, overrides: str, server_poll: float, exec_poll: fl
             time.sleep(0.5)
         for k, port in enumerate(nodes):
             procs.append(subprocess.Popen(
-                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                [*supernode, "--insecure", "--superlink", f"127.0.0.1:{link}",
                  "--port", str(port), "--node-config",
                  f"partition-id={k} num-partitions=2 workdir='{out / f'site{k}'}'"], env=env,
                 stdout=open(out / f"site{k}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
@@ -121,7 +127,13 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=1000, help="data.train_limit (default 1000)")
     p.add_argument("--image-size", type=int, default=32, help="encoder.image_size (default 32)")
     p.add_argument("--out", default="runs/flower_rounds", help="output folder (default runs/flower_rounds)")
+    p.add_argument("--modes", default="default,fast,warm",
+                   help="Flower runs, comma-separated, of default (Flower's polling), fast (fastjax's "
+                        "polling), warm (fastjax's SuperNode: one process per site, short waits); "
+                        "default: all three")
     a = p.parse_args(argv)
+    if not a.modes or set(a.modes.split(",")) - {"default", "fast", "warm"}:
+        p.error(f"--modes {a.modes!r}: a comma-separated subset of default,fast,warm please")
     if a.rounds < 2 or a.train < 100 or a.image_size < 16:
         p.error("--rounds >= 2, --train >= 100 and --image-size >= 16 please")
     out = pathlib.Path(a.out).resolve()
@@ -134,14 +146,21 @@ def main(argv=None) -> int:
                     *[f"--config.{k}={v}" for k, v in over.items()]],
                    check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True)
     flat = " ".join(f"{k}={v}" for k, v in over.items())
-    rows = {"one process (fastjax.main)": _median_seconds(sim),
-            "Flower, Flower's polling (3 s / 1 s)": _flower(out / "flower_default", flat, 3.0, 1.0),
-            "Flower, fastjax's polling (0.05 s / 0.1 s)": _flower(out / "flower_fast", flat, 0.05, 0.1)}
-    costs = _message_costs(out / "flower_fast" / "site0")
+    runs = {"default": ("Flower, Flower's polling (3 s / 1 s)", 3.0, 1.0, False),
+            "fast": ("Flower, fastjax's polling (0.05 s / 0.1 s)", 0.05, 0.1, False),
+            "warm": ("Flower, fastjax's warm SuperNode (fastjax.deploy.supernode)", 0.05, 0.1, True)}
+    rows, workdirs = {"one process (fastjax.main)": _median_seconds(sim)}, {"one process (fastjax.main)": sim}
+    for mode in a.modes.split(","):
+        name, server_poll, exec_poll, warm = runs[mode]
+        rows[name] = _flower(out / f"flower_{mode}", flat, server_poll, exec_poll, warm)
+        workdirs[name] = out / f"flower_{mode}" / "server"
+    each = {name: [round(json.loads(line)["seconds"], 4) for line in open(w / "metrics.jsonl")]
+            for name, w in workdirs.items()}
+    costs = _message_costs(out / f"flower_{mode}" / "site0")
     import flwr
     import jax
 
-    record = {"seconds_per_round": rows, "site_message": costs, "rounds": a.rounds, "train": a.train,
+    record = {"seconds_per_round": rows, "each_round_seconds": each, "site_message": costs, "rounds": a.rounds, "train": a.train,
               "image_size": a.image_size, "device": f"{os.cpu_count()}-core CPU",
               "load_average": os.getloadavg(), "versions": {"jax": jax.__version__, "flwr": flwr.__version__},
               "date": time.strftime("%Y-%m-%d")}

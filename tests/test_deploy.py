@@ -389,7 +389,8 @@ def _wait_port(port, proc, seconds=60):
 
 @pytest.fixture(scope="module")
 def flower_cluster(tmp_path_factory):
-    """flower-superlink + K flower-supernode processes, stopped at the end."""
+    """flower-superlink + K SuperNodes, stopped at the end: site 0 fastjax's warm one
+    (`python -m fastjax.deploy.supernode`), the others Flower's `flower-supernode`."""
     tmp = tmp_path_factory.mktemp("flower")
     link, *node_ports = _free_ports(1 + K)
     # Flower starts its helpers (flower-superexec, flwr-clientapp) by name: PATH has our venv.
@@ -413,7 +414,8 @@ def flower_cluster(tmp_path_factory):
                     "--disable-runtime-dependency-installation"], "superlink.log")
         _wait_port(link, sl)
         for k, port in enumerate(node_ports):
-            start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
+            supernode = ["python", "-m", "fastjax.deploy.supernode"] if k == 0 else ["flower-supernode"]
+            start([*supernode, "--insecure", "--superlink", f"127.0.0.1:{link}",
                    "--port", str(port), "--node-config",
                    f"partition-id={k} num-partitions={K} workdir='{tmp / f'site{k}'}'"], f"node{k}.log")
         yield tmp, env, procs
@@ -486,6 +488,23 @@ def test_a_failed_flower_run_says_why_in_one_line_and_records_it(reference, tmp_
     (work / "metrics.jsonl").write_text('{"round": 1, "loss": 1.0, "comm_mib": 0.1}\n')
     assert "holds a different run" in run(_Grid([1, 2]), overrides="train.lr=0.5")
     assert status.main([str(tmp_path / "nowhere")]) == 1
+
+
+@_needs_flwr
+def test_the_warm_supernode_refuses_what_it_cannot_run():
+    """Another flwr version (its patches are for 1.42.0) and arguments it cannot honour
+    stop with one clear line; its worker finds the SuperNode's Runtime API."""
+    from fastjax.deploy import supernode
+
+    with pytest.raises(SystemExit, match=r"patches flwr 1\.42\.0's SuperNode, but flwr 1\.43\.0"):
+        supernode.check_flwr_version("1.43.0")
+    supernode.check_flwr_version("1.42.0")
+    for bad in (["--isolation", "subprocess"], ["--isolation=process"], ["--ssl-certfile", "c.pem"]):
+        with pytest.raises(SystemExit, match=f"does not take {bad[0].split('=')[0]}"):
+            supernode.main(["--insecure", "--superlink", "127.0.0.1:9092", *bad])
+    assert supernode._runtime_address(["--insecure"]) == "127.0.0.1:9094"  # Flower's default
+    assert supernode._runtime_address(["--port", "9100"]) == "127.0.0.1:9100"
+    assert supernode._runtime_address(["--host", "0.0.0.0", "--port=9101"]) == "127.0.0.1:9101"
 
 
 def _readme_block(marker):

@@ -36,7 +36,7 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from fastjax import files
-from fastjax.deploy import server
+from fastjax.deploy import server, supernode
 from fastjax.deploy.records import from_records, to_records
 
 app = ServerApp()
@@ -171,6 +171,7 @@ def main(grid: Grid, context: Context) -> None:
         config = load_config(str(rc.get("config", "")), str(rc.get("overrides", "")))
         on_failure, timeout = str(rc.get("on-failure", "fail")), float(rc.get("timeout", 600))
         server.check_config(config, on_failure)  # before waiting for SuperNodes
+        supernode.shorten_pull_backoff()  # the sites' replies: asked again after 0.02 s, not 1 s
         transport = FlowerTransport(grid, config.partition.num_clients, float(rc.get("wait-nodes", 120)),
                                     float(rc.get("poll", POLL_SECONDS)))
         summary = server.run_server(config, workdir, transport, on_failure=on_failure,

@@ -28,6 +28,7 @@ simulation across processes: the same shard the one-process job gives this clien
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -306,6 +307,30 @@ def _enable_compile_cache(config, node: NodeConfig):
                          min_compile_seconds=0.0)
 
 
+@functools.lru_cache(maxsize=4)
+def _local_update(config_json: str, num_classes: int, train_set: str, stamp: tuple):
+    """The jitted local update for one run's stored training set (its standardisation
+    for pixels), built once per process: a site that serves message after message
+    (`fastjax.deploy.supernode`) traces and compiles it once. `stamp` (the file's mtime
+    and size) keeps a rewritten training set from reusing an old entry."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastjax import config as config_lib
+    from fastjax.federate import engine, local, models
+
+    config = pl.config_from_json(config_json)
+    model = models.make_model(config.model.name, num_classes, config.model.conv_impl)
+    if config.model.name == "linear":
+        preprocess = lambda x: x  # noqa: E731  (standardised in the refinement pass)
+    else:
+        with np.load(train_set) as d:
+            mean, std = d["mean"], d["std"]
+        preprocess = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std  # noqa: E731
+    return jax.jit(local.make_local_update(model, engine.local_spec(config_lib.train_spec(config)),
+                                           preprocess))
+
+
 def train(config, node: NodeConfig, msg: dict) -> dict:
     """Phase 3: one local update from the global variables (a round of FedAvg/FedProx/
     FedNova on this client), keyed as the simulation keys this client."""
@@ -313,7 +338,7 @@ def train(config, node: NodeConfig, msg: dict) -> dict:
     import jax.numpy as jnp
 
     from fastjax import config as config_lib
-    from fastjax.federate import engine, local, models
+    from fastjax.federate import engine, local
 
     path = node.site_dir / TRAIN_SET
     if not path.exists():
@@ -324,12 +349,9 @@ def train(config, node: NodeConfig, msg: dict) -> dict:
         raise ValueError(f"site {node.partition_id}: {path} belongs to another run "
                          f"({d['signature']} != {msg['signature']}); restart the run")
     spec = config_lib.train_spec(config)
-    model = models.make_model(config.model.name, int(msg["num_classes"]), config.model.conv_impl)
-    if config.model.name == "linear":
-        preprocess = lambda x: x  # noqa: E731  (standardised in the refinement pass)
-    else:
-        mean, std = d["mean"], d["std"]
-        preprocess = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std  # noqa: E731
+    stat = path.stat()
+    update = _local_update(msg["config"], int(msg["num_classes"]), str(path),
+                           (stat.st_mtime_ns, stat.st_size))
     x, y = d["x"], d["y"]
     n = len(y)
     if "soft" in d.files:  # soft targets replace the hard labels as the training targets
@@ -337,7 +359,6 @@ def train(config, node: NodeConfig, msg: dict) -> dict:
     if "w" in d.files:  # per-sample loss weights (labeling.filter="weight")
         y = {"y": y, "w": d["w"]}
     steps = int(local.steps_per_client([n], spec.batch_size, spec.local_epochs, spec.local_steps)[0])
-    update = jax.jit(local.make_local_update(model, engine.local_spec(spec), preprocess))
     key = engine.client_key(engine.round_key(spec.seed, int(msg["round"])), node.partition_id)
     variables = pl.unflatten(msg, "vars")
     new, stats = update(variables, x, y, jnp.int32(n), jnp.int32(steps), float(msg["lr"]), key)
