@@ -310,14 +310,14 @@ def test_two_process_sweep_equals_one_process(tiny_folder, tmp_path):
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
+        base = _base(tiny_folder, active__rounds=1)  # the reference, while they run
+        sweep.run_sweep(base, sweep.parse_axes(["seed=0,1"], base), tmp_path / "one")
         outs = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
             p.kill()
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "ROWS ['ok', 'ok']" in out, err[-3000:]
-    base = _base(tiny_folder, active__rounds=1)
-    sweep.run_sweep(base, sweep.parse_axes(["seed=0,1"], base), tmp_path / "one")
     listed = json.loads((tmp_path / "two" / "sweep.json").read_text())["experiments"]
     assert [r["experiment"] for r in listed] == ["seed=0", "seed=1"]
     for name in ("seed=0", "seed=1"):
