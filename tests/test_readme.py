@@ -129,6 +129,10 @@ def _check_main(args: list[str]) -> None:
 def check_command(argv: list[str]) -> None:
     """Exists and parses, as the module docstring says; fails for a command it cannot check."""
     prog, args = argv[0], argv[1:]
+    if prog == "srun":  # a launcher (SLURM): its --opt=value options, then the command
+        rest = [a for a in args if not a.startswith("-")]
+        assert all(a.startswith("--") and "=" in a for a in args[:args.index(rest[0])]), argv
+        return check_command(args[args.index(rest[0]):])
     if prog == "bash":
         script = ROOT / args[0]
         assert script.is_file(), f"README runs a missing script {args[0]}"
