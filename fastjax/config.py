@@ -373,14 +373,10 @@ def validate(config) -> None:
                     f"{lab.filter_weight} must be in [0, 1]")
     if not lab.soft_temperature > 0:
         errs.append(f"labeling.soft_temperature={lab.soft_temperature} must be > 0")
-    from fastjax.label.filtering import CONFIDENCE_RANGE
+    from fastjax.label.filtering import threshold_problem
 
-    if lab.filter != "none" and lab.filter_by in CONFIDENCE_RANGE:
-        lo, hi = CONFIDENCE_RANGE[lab.filter_by]
-        if not lo <= lab.filter_threshold <= hi:
-            errs.append(f"labeling.filter_threshold={lab.filter_threshold} is outside "
-                        f"{lab.filter_by}'s range [{lo:g}, {hi:g}]: it would "
-                        f"{'keep' if lab.filter_threshold < lo else 'drop'} every weak label")
+    if lab.filter != "none" and (why := threshold_problem(lab.filter_by, lab.filter_threshold)):
+        errs.append(f"labeling.filter_threshold={lab.filter_threshold} {why}")
     if lab.soft_labels and lab.score_source == "prototype" and lab.normalize == "none":
         errs.append("labeling.soft_labels needs a distribution: with score_source='prototype' "
                     "set normalize='softmax' or 'sum'")

@@ -20,54 +20,29 @@ from fastjax.encode.core import Encoder, preprocess
 from fastjax.encode.embed import embed
 
 
-def _siglip(**kw):
-    from fastjax.encode import siglip
-
-    return siglip.load(**kw)
+def _module(name: str):
+    return importlib.import_module(f"fastjax.encode.{name}")
 
 
-def _clip(**kw):
-    from fastjax.encode import hf
+def _lazy(module: str, function: str = "load"):
+    """A registry entry that imports its encoder module only when called (the Flax
+    models and transformers' classes are not imported for the encoders not in use)."""
 
-    return hf.load_clip(**kw)
+    def load(**kw):
+        return getattr(_module(module), function)(**kw)
 
-
-def _dinov2(**kw):
-    from fastjax.encode import hf
-
-    return hf.load_dinov2(**kw)
-
-
-def _resnet50(**kw):
-    from fastjax.encode import hf
-
-    return hf.load_resnet50(**kw)
-
-
-def _efficientnet_lite0(**kw):
-    from fastjax.encode import efficientnet
-
-    return efficientnet.load(**kw)
-
-
-def _evaclip(**kw):
-    from fastjax.encode import evaclip
-
-    return evaclip.load(**kw)
+    load.__name__ = f"{module}.{function}"
+    return load
 
 
 ENCODERS = {
-    "siglip": _siglip,
-    "clip": _clip,
-    "dinov2": _dinov2,
-    "resnet50": _resnet50,
-    "efficientnet_lite0": _efficientnet_lite0,
-    "evaclip": _evaclip,
+    "siglip": _lazy("siglip"),
+    "clip": _lazy("hf", "load_clip"),
+    "dinov2": _lazy("hf", "load_dinov2"),
+    "resnet50": _lazy("hf", "load_resnet50"),
+    "efficientnet_lite0": _lazy("efficientnet"),
+    "evaclip": _lazy("evaclip"),
 }
-
-
-def _module(name: str):
-    return importlib.import_module(f"fastjax.encode.{name}")
 
 
 # name -> fn(checkpoint, variant) -> the weights file its loader reads. The modules are

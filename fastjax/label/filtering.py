@@ -38,6 +38,20 @@ from fastjax.label.uncertainty import NORMALIZE
 CONFIDENCES = ("vote_share", "proto_margin")
 # What each confidence can take: a share of k votes; a difference of two cosine similarities.
 CONFIDENCE_RANGE = {"vote_share": (0.0, 1.0), "proto_margin": (0.0, 2.0)}
+
+
+def threshold_problem(confidence: str, threshold: float) -> str | None:
+    """Why `threshold` cannot filter on `confidence` (outside its range, so it would keep
+    or drop every weak label), or None; the config check and the policy share it."""
+    if confidence not in CONFIDENCE_RANGE:
+        return None
+    lo, hi = CONFIDENCE_RANGE[confidence]
+    if lo <= threshold <= hi:
+        return None
+    return (f"is outside {confidence}'s range [{lo:g}, {hi:g}]: it would "
+            f"{'keep' if threshold < lo else 'drop'} every weak label")
+
+
 FILTERS = ("none", "drop", "weight")
 
 
@@ -61,12 +75,8 @@ class WeakLabelPolicy:
             errs.append(f"confidence={self.confidence!r}; allowed: {', '.join(CONFIDENCES)}")
         if not np.isfinite(self.threshold):
             errs.append(f"threshold={self.threshold} must be finite")
-        elif self.filter != "none" and self.confidence in CONFIDENCE_RANGE:
-            lo, hi = CONFIDENCE_RANGE[self.confidence]
-            if not lo <= self.threshold <= hi:
-                errs.append(f"threshold={self.threshold} is outside {self.confidence}'s range "
-                            f"[{lo:g}, {hi:g}]: it would {'keep' if self.threshold < lo else 'drop'}"
-                            " every weak label")
+        elif self.filter != "none" and (why := threshold_problem(self.confidence, self.threshold)):
+            errs.append(f"threshold={self.threshold} {why}")
         if not 0.0 <= self.low_weight <= 1.0:
             errs.append(f"low_weight={self.low_weight} must be in [0, 1] (0 = drop, 1 = keep)")
         if not 0.0 <= self.verify_fraction <= 1.0:

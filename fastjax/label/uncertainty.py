@@ -156,12 +156,7 @@ def uncertainty(
     scores = scores.astype(np.float32, copy=False)
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or inf")
-    present = (np.ones(scores.shape[1], bool) if present is None
-               else np.asarray(present, dtype=bool))
-    if present.shape != (scores.shape[1],):
-        raise ValueError(f"present must have shape ({scores.shape[1]},); got {present.shape}")
-    if not present.any():
-        raise ValueError("no class is present; uncertainty needs at least one labeled class")
+    present = _check_present(present, scores.shape[1])
     n = scores.shape[0]
     if n == 0:
         return np.zeros((0,), np.float32)
