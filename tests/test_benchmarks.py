@@ -19,6 +19,7 @@ def _run(args, timeout=600):
     return out
 
 
+@pytest.mark.slow  # benchmark smoke run
 def test_client_scaling_tiny(tmp_path):
     _run(["benchmarks/client_scaling.py", "--clients", "4", "--steps", "1", "--batch", "4", "--repeats", "1",
           "--strategies", "vmap,sharded", "--host-devices", "2", "--json", str(tmp_path / "s.json")])
@@ -42,6 +43,7 @@ def test_fast_walltime_tiny(tmp_path):
     assert d["paper_table3"]["fast_total_seconds"] == 7342.52
 
 
+@pytest.mark.slow  # every section of the accelerator suite, ~100 s
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "ml_collections")),
                     reason="needs torch, transformers and ml_collections")
 def test_gpu_suite_dry_run(tmp_path):
@@ -70,6 +72,7 @@ def test_gpu_suite_dry_run(tmp_path):
     assert [r["row"] for r in d["sections"]["sweep"]["rows"]] == ["tiny E=1", "tiny E=2"]
 
 
+@pytest.mark.slow  # FAST and two baselines end to end, ~50 s
 def test_compare_fal_tiny(tiny_folder, tmp_path):
     """FAST and baselines (one plain, one training-changing) on one partition: the table's
     rows, the accounting and the plots."""

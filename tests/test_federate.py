@@ -60,7 +60,7 @@ def test_fednova_matches_hand_formula(rho):
     np.testing.assert_allclose(out["params"]["w0"], w - (p @ a) * d, rtol=1e-5, atol=1e-6)
     # BatchNorm statistics are sample-weighted averages.
     np.testing.assert_allclose(out["batch_stats"]["mean"],
-                               np.tensordot(p, np.asarray(c["batch_stats"]["mean"]), 1), rtol=1e-6)
+                               np.tensordot(p, np.asarray(c["batch_stats"]["mean"]), 1), rtol=1e-5, atol=1e-7)
 
 
 def test_fednova_equal_steps_is_fedavg():

@@ -52,6 +52,7 @@ def test_paper_scale_communication_matches_table3():
     assert abs(reproduce.paper_scale_mib("cifar10") - 902.54) < 0.025
 
 
+@pytest.mark.slow  # every table's protocol end to end, ~90 s
 @needs_offline_assets
 def test_every_table_runs_tiny_on_mnist(tmp_path, capsys):
     # FAST and one baseline (test_active_loop.py runs every strategy through the same loop).
