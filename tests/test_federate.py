@@ -33,7 +33,7 @@ def test_fedavg_matches_numpy():
     p = n / n.sum()
     for path in (("params", "w0"), ("params", "w1"), ("batch_stats", "mean")):
         ref = sum(p[i] * np.asarray(c[path[0]][path[1]][i]) for i in range(3))
-        np.testing.assert_allclose(out[path[0]][path[1]], ref, rtol=1e-6)
+        np.testing.assert_allclose(out[path[0]][path[1]], ref, rtol=1e-6, atol=1e-6)  # float32 sums of O(1) values
 
 
 def test_fedprox_aggregates_as_fedavg():
@@ -60,7 +60,7 @@ def test_fednova_matches_hand_formula(rho):
     np.testing.assert_allclose(out["params"]["w0"], w - (p @ a) * d, rtol=1e-5, atol=1e-6)
     # BatchNorm statistics are sample-weighted averages.
     np.testing.assert_allclose(out["batch_stats"]["mean"],
-                               np.tensordot(p, np.asarray(c["batch_stats"]["mean"]), 1), rtol=1e-5, atol=1e-7)
+                               np.tensordot(p, np.asarray(c["batch_stats"]["mean"]), 1), rtol=1e-5, atol=1e-6)
 
 
 def test_fednova_equal_steps_is_fedavg():
