@@ -32,7 +32,8 @@ class ClientArrays:
     weights or None (all 1), aux: per-client arrays (leading axis K) that a local
     objective reads (KAFAL: the unlabeled pool and the labeled class counts) or None.
     source: when set, x holds int32 row indices (K, max_n) into this one array of every
-    sample (clients share it instead of holding copies: `experiments`)."""
+    sample (clients share it instead of holding copies: `experiments`); so do the aux
+    arrays named in aux_index (KAFAL's unlabeled pool), gathered with x (`gathered`)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -40,6 +41,16 @@ class ClientArrays:
     w: np.ndarray | None = None
     aux: dict | None = None
     source: np.ndarray | None = None
+    aux_index: tuple = ()
+
+    def gathered(self) -> "ClientArrays":
+        """The same clients holding their samples (x and the index-valued aux arrays as
+        rows of `source`); pixel clients are returned as they are."""
+        if self.source is None:
+            return self
+        aux = None if self.aux is None else {k: self.source[v] if k in self.aux_index else v
+                                             for k, v in self.aux.items()}
+        return dataclasses.replace(self, x=self.source[self.x], aux=aux, source=None, aux_index=())
 
     @property
     def num_clients(self) -> int:
@@ -503,8 +514,9 @@ def fit(model, variables, clients: ClientArrays, test_x: np.ndarray, test_y: np.
     run, variables = open_run(clients, spec, variables, workdir=workdir, round_offset=round_offset,
                               extra_comm_bytes=extra_comm_bytes, log=log)
     # Index clients (`source`) gathered on the host: one run alone needs only its clients' rows.
-    x_dev = jnp.asarray(clients.x if clients.source is None else clients.source[clients.x])
-    y_dev = jax.tree.map(jnp.asarray, clients.labels())
+    held = clients.gathered()
+    x_dev = jnp.asarray(held.x)
+    y_dev = jax.tree.map(jnp.asarray, held.labels())
     round_fn = round_fn or make_round_fn(model, spec, preprocess, mesh, objective)
     evaluate = evaluate or make_eval_fn(model, preprocess)
     bytes_per_client = state_bytes(variables)

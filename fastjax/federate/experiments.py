@@ -272,8 +272,12 @@ def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, me
             step = int(max(1, min(len(members), memory_mb * engine.MIB // experiment_bytes(reqs[members[0]]))))
         for s in range(0, len(members), step):
             part = members[s:s + step]
-            for i, res in zip(part, fit_group([reqs[i] for i in part], mesh=mesh)):
-                out[i] = res
+            try:
+                res = fit_group([reqs[i] for i in part], mesh=mesh)
+            except Exception as err:  # noqa: BLE001 - this group's experiments fail, not the others'
+                res = [err] * len(part)
+            for i, r in zip(part, res):
+                out[i] = r
     return out
 
 

@@ -145,12 +145,19 @@ def device_inputs(clients: list[engine.ClientArrays]):
     index = np.stack([_pad_to(p[1], cap) + o for p, o in zip(pairs, src.offsets)])
 
     # Labels and weights padded to the group's capacity; the objective's per-client aux
-    # arrays (their own shapes) only stacked.
+    # arrays (their own shapes) only stacked, those holding row indices (aux_index) moved
+    # to their experiment's rows of the shared data, as the clients' own indices.
     stack = lambda *a: np.stack(a)  # noqa: E731
+    aux = None
+    if clients[0].aux is not None:
+        for c in clients:
+            if c.aux_index and c.source is None:
+                raise ValueError(f"aux arrays {c.aux_index} hold row indices but the clients have no source")
+        aux = jax.tree.map(stack, *[{k: np.asarray(v) + o if k in c.aux_index else v for k, v in c.aux.items()}
+                                    for c, o in zip(clients, src.offsets)])
     y = dataclasses.replace(
         clients[0], y=np.stack([_pad_to(c.y, cap) for c in clients]),
-        w=None if clients[0].w is None else np.stack([_pad_to(c.w, cap) for c in clients]),
-        aux=None if clients[0].aux is None else jax.tree.map(stack, *[c.aux for c in clients]),
+        w=None if clients[0].w is None else np.stack([_pad_to(c.w, cap) for c in clients]), aux=aux,
     ).labels()
     return jnp.asarray(src.data), jnp.asarray(index), jax.tree.map(jnp.asarray, y)
 

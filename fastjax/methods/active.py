@@ -404,29 +404,36 @@ class _ClientArrays:
         self.capacity, self.pool_capacity, self.oracle = capacity, pool_capacity, oracle
         self.with_pool = OBJECTIVES.get(config.active.strategy) == "kcfu"
 
-    def plain(self, labeled):
-        """The clients' labeled samples and labels, padded to the capacity (no KCFU pool)."""
+    def plain(self, labeled, *, indices: bool = False):
+        """The clients' labeled samples and labels, padded to the capacity (no KCFU pool).
+        indices: the samples as row indices into the training set (`ClientArrays.source`:
+        a sweep's experiments then share one device copy of it); else the pixels."""
         from fastjax.federate import engine
 
-        return engine.stack_clients([self.inputs.train_x[ix] for ix in labeled],
-                                    [self.oracle.query(ix) for ix in labeled], self.capacity)
+        x = self.inputs.train_x
+        return engine.stack_clients([ix if indices else x[ix] for ix in labeled],
+                                    [self.oracle.query(ix) for ix in labeled], self.capacity,
+                                    source=x if indices else None)
 
-    def __call__(self, labeled):
-        clients = self.plain(labeled)
+    def __call__(self, labeled, *, indices: bool = True):
+        """What the loop trains on: index clients by default, and for KCFU the clients'
+        unlabeled pools (`aux["u"]`, row indices too, gathered like x) and labeled counts."""
+        clients = self.plain(labeled, indices=indices)
         if not self.with_pool:
             return clients
         ys = [np.asarray(y[:n]) for y, n in zip(clients.y, clients.n)]
         pools = [np.setdiff1d(ix, lab) for ix, lab in zip(self.part_train, labeled)]
         x = self.inputs.train_x
-        u = np.zeros((len(pools), self.pool_capacity) + x.shape[1:], x.dtype)
+        u = np.zeros((len(pools), self.pool_capacity) + (() if indices else x.shape[1:]),
+                     np.int32 if indices else x.dtype)
         for k, p in enumerate(pools):
-            u[k, : len(p)] = x[p]
+            u[k, : len(p)] = p if indices else x[p]
         counts = np.stack([np.bincount(y, minlength=self.num_classes) for y in ys]).astype(np.float32)
         if (counts.sum(1) == 0).any():
             raise ValueError("KAFAL's logit adjustment needs every client's labeled class counts; a client "
                              "has no labeled samples (raise active.initial)")
         aux = {"u": u, "nu": np.array([len(p) for p in pools], np.int32), "counts": counts}
-        return dataclasses.replace(clients, aux=aux)
+        return dataclasses.replace(clients, aux=aux, aux_index=("u",) if indices else ())
 
     def device(self, labeled):
         """(x, y, n, steps) of all clients as make_round_fn's row arguments."""
@@ -434,7 +441,7 @@ class _ClientArrays:
 
         from fastjax.federate import local
 
-        clients, s = self(labeled), self.spec
+        clients, s = self(labeled, indices=False), self.spec
         steps = local.steps_per_client(clients.n, s.batch_size, s.local_epochs, s.local_steps)
         return (jnp.asarray(clients.x), jax.tree.map(jnp.asarray, clients.labels()), jnp.asarray(clients.n),
                 jnp.asarray(steps))
