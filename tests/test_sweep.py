@@ -209,6 +209,30 @@ def test_active_sweep_equals_solo_runs(tiny_folder, tmp_path):
                      final_checkpoint(tmp_path / "sw" / name), final_checkpoint(tmp_path / "solo" / name))
 
 
+@pytest.mark.slow  # three loops of 2 AL rounds and their solo runs, ~40 s
+def test_training_changing_strategies_sweep_as_their_solo_runs(tiny_folder, tmp_path, monkeypatch):
+    """KAFAL (KCFU: its objective reads each client's unlabeled pool) and LL4AL (a loss
+    module) beside a plain strategy: each trains with its own objective, as its solo run
+    does; the experiments' images (labeled sets and KCFU pools alike are row indices)
+    are on the device once."""
+    sizes = []
+    real = experiments.stack_inputs
+
+    def spy(reqs):
+        out = real(reqs)
+        sizes.append((len(reqs), out[0].shape[0], len(reqs[0].clients.source)))
+        return out
+
+    monkeypatch.setattr(experiments, "stack_inputs", spy)
+    base = _base(tiny_folder)
+    axes = sweep.parse_axes(["active.strategy=kafal,ll4al,random"], base)
+    rows = sweep.run_sweep(base, axes, tmp_path / "sw")
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert sizes and all(n == src for _, n, src in sizes)  # one copy of the training set per group
+    assert any(e == 1 for e, *_ in sizes)  # three objectives: three groups of one
+    _compare_solo(tmp_path, sweep.expand(base, axes)[:2])
+
+
 def _compare_solo(tmp_path, grid):
     for values, cfg in grid:
         name = sweep.experiment_name(values)
