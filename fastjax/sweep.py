@@ -214,6 +214,48 @@ def _barrier(name: str, procs: Processes, timeout_ms: int = 600_000) -> None:
         procs.client.wait_at_barrier(f"fastjax_sweep/{name}", timeout_ms)
 
 
+# What a failing experiment raises that explains itself (no traceback needed).
+EXPLAINED = (ValueError, FloatingPointError, FileNotFoundError, PermissionError)
+
+
+def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0, mesh=None) -> list:
+    """Run (or resume) `fastjax.main` jobs, each a (config, workdir), jointly: every job's
+    host stages run as its own `fastjax.main.run` would (one at a time), and their federated
+    rounds train together (`experiments.Rendezvous`: jobs whose compiled round is the same
+    form a group; groups run one after another). Returns, per job in order, its summary or
+    the exception that stopped it (the others go on). This is a sweep without a grid: the
+    benchmarks run their tables through it. Two jobs in one work directory are refused
+    (one run's files must never mix with another's)."""
+    from fastjax import main as fastjax_main
+    from fastjax.federate.experiments import Rendezvous
+
+    seen: dict = {}
+    for i, (_, wd) in enumerate(jobs):
+        key = Path(wd).resolve()
+        if key in seen:
+            raise ValueError(f"jobs {seen[key]} and {i} share the work directory {wd}; give each its own")
+        seen[key] = i
+    rv = Rendezvous(len(jobs), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
+    results: list = [None] * len(jobs)
+
+    def one(i, cfg, wd):
+        with rv:
+            try:
+                results[i] = fastjax_main.run(cfg, Path(wd), progress=False, fit_fn=rv.fit)
+            except Exception as e:  # noqa: BLE001 - that job fails; the others go on
+                results[i] = e
+                if not isinstance(e, EXPLAINED):
+                    traceback.print_exc()
+
+    threads = [threading.Thread(target=one, args=(i, cfg, wd), daemon=True) for i, (cfg, wd) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # a timed join: Ctrl-C reaches the main thread
+            t.join(0.5)
+    return results
+
+
 def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: int = 0,
               memory_mb: float = 0, mesh=None, processes: Processes | None = None, log=None) -> list[dict]:
     """Run (or resume) every experiment of the grid; returns one row per experiment
@@ -222,9 +264,7 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
     experiments over its devices (`experiments.experiment_mesh`; this process's devices).
     processes (`connect`): this process runs its `share` of the grid; every process returns
     the whole grid's rows, process 0 writes the files."""
-    from fastjax import main as fastjax_main
     from fastjax.federate.checkpoints import atomic_write_text
-    from fastjax.federate.experiments import Rendezvous
     from fastjax.methods.common import log as default_log
 
     log = log or default_log
@@ -243,25 +283,9 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
     mine = share(len(grid), procs.index, procs.count)
     log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}"
         + (f"; process {procs.index} of {procs.count} runs {mine.start + 1}-{mine.stop}" if procs.count > 1 else ""))
-    rv = Rendezvous(len(mine), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
-    results: dict[int, object] = {}
-
-    def one(i, cfg, name):
-        with rv:
-            try:
-                results[i] = fastjax_main.run(cfg, workdir / name, progress=False, fit_fn=rv.fit)
-            except Exception as e:  # noqa: BLE001 - that experiment fails; the others go on
-                results[i] = e
-                if not isinstance(e, (ValueError, FloatingPointError, FileNotFoundError, PermissionError)):
-                    traceback.print_exc()
-
-    threads = [threading.Thread(target=one, args=(i, grid[i][1], experiment_name(grid[i][0])), daemon=True)
-               for i in mine]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.5)
+    res = run_jobs([(grid[i][1], workdir / experiment_name(grid[i][0])) for i in mine],
+                   experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
+    results = dict(zip(mine, res))
     rows = []
     for i in mine:
         values = grid[i][0]
