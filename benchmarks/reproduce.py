@@ -3,6 +3,8 @@
     python benchmarks/reproduce.py --table II --quick --data-root $FASTJAX_DATA_ROOT
     python benchmarks/reproduce.py --table all --data-root $FASTJAX_DATA_ROOT   # the paper's scale
     python benchmarks/reproduce.py --table VI,VII --quick --datasets cifar10
+    python benchmarks/reproduce.py --table I --datasets cifar10 --seeds 3   # Table I's CIFAR-10 column
+    python benchmarks/reproduce.py --all --seeds 3                           # every table, 3 seeds
 
 Each table (I-VII) and figure (fig2, fig4) is a list of cells: (paper row, paper column,
 method, config overrides). A cell runs when its method is in `METHODS`, its dataset is
@@ -10,8 +12,16 @@ found under --data-root and its encoder's weights are found; otherwise the table
 why not. FAST runs the one-shot job; the iterative baselines (Table I, Table III's
 Random / LoGo, Fig. 2's KAFAL / LoGo / Random) run the loop of `fastjax.methods.active`
 with the table's protocol (5% initial + 5% per AL round, R_AL AL rounds of 100 FL rounds;
-Fig. 2: 10% + 5% every 50 FL rounds to 35%). A table's R_AL = 4 and R_AL = 8 rows share
-one work directory: the R = 8 run continues the R = 4 one.
+Fig. 2: 10% + 5% every 50 FL rounds to 35%). A baseline's R_AL = 4 and R_AL = 8 rows are
+one run of 8 AL rounds, the R = 4 row read off its first 4 (they do not depend on how many
+follow).
+
+Each table runs as one sweep (`fastjax.sweep.run_jobs`): every cell at every seed
+(--seeds N: seeds 0..N-1, the table shows mean +- std) is an ordinary run directory, and
+their FL rounds train jointly, runs with the same compiled round (model, shapes) as one
+computation. Table I's CIFAR-10 column (nine baselines, R = 4 and 8, FAST) is one
+command: --table I --datasets cifar10. --solo runs the cells one after another instead
+(honest per-run seconds for Table III).
 
 The paper's numbers come from `benchmarks/paper_tables.json` (data, not code). Output,
 under --out/<scale>/: table_<X>.md (printed too) and table_<X>.json, and fig<N>.png for
@@ -25,8 +35,9 @@ dataset also embeds its 12,000 images); --tiny (CI's smoke run of every table: 6
 images, one round, the baselines capped at 2 AL rounds; a few seconds per cell after the
 first compiles). --substitute mnist runs every dataset column on MNIST (the offline CI
 dataset); the output says so. Before a table runs, every selected cell's config is
-checked (a bad option fails at once, exit 2); after each cell the time spent and an
-estimate of the time left are printed. The exit status is 1 when any cell failed.
+checked (a bad option fails at once, exit 2); each run logs its AL / FL rounds, and each
+cell's result is printed when the table's sweep ends. The exit status is 1 when any cell
+failed.
 """
 
 from __future__ import annotations
@@ -35,8 +46,10 @@ import dataclasses
 import json
 import re
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -176,28 +189,38 @@ def cells_for(table: str, variant: str) -> list[Cell]:
 # --------------------------------------------------------------------- running
 
 
-def run_main(config, workdir, progress: bool = True) -> dict:
-    """FAST's job or the iterative loop, as `config.method` says (with its progress bars)."""
-    from fastjax import main as fast_main
-
-    return fast_main.run(config, workdir, progress=progress)
-
-
-def _methods() -> dict[str, Callable]:
+def _methods() -> tuple[str, ...]:
     from fastjax.active import STRATEGIES
 
-    return {"fast": run_main, **{name: run_main for name in STRATEGIES}}
+    return ("fast", *STRATEGIES)
 
 
-# Method name -> runner(config, workdir, progress) -> summary dict: FAST and every query strategy.
-METHODS: dict[str, Callable] = _methods()
+# The methods fastjax runs: FAST and every query strategy of the iterative loop.
+METHODS: tuple[str, ...] = _methods()
 
 
-def build_config(cell: Cell, args, scale: dict):
+def run_jobs(jobs: list, args) -> list:
+    """Run (config, workdir) jobs; returns each one's summary or exception. By default as
+    one sweep (`fastjax.sweep.run_jobs`: their rounds train jointly, experiments with one
+    compiled round as one computation); --solo: one after another, each alone (honest
+    per-run wall times, Table III's seconds)."""
+    from fastjax import sweep
+
+    if args.solo:
+        out = []
+        for k, job in enumerate(jobs, 1):
+            out += sweep.run_jobs([job])
+            print(f"[reproduce] run {k}/{len(jobs)} done: {job[1]}", flush=True)
+        return out
+    return sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call)
+
+
+def build_config(cell: Cell, args, scale: dict, seed: int = 0):
     from fastjax.config import base_config
 
     c = base_config()
     c.unlock()
+    c.seed = seed
     c.data.name = args.substitute or cell.dataset
     c.data.root = args.data_root or ""
     c.data.train_limit = scale["train_limit"]
@@ -217,7 +240,11 @@ def build_config(cell: Cell, args, scale: dict):
     if cell.method != "fast":  # an iterative baseline: the same data, partition, model, training
         c.method = "active"
         c.active.strategy = cell.method
+    from fastjax.config import unread_sections
+
     for key, value in cell.overrides + cell.active:
+        if key.startswith(("labeling.", "active.")) and key.startswith(unread_sections(c)):
+            continue  # the method never reads it (a baseline's budget is its AL rounds)
         sect, name = key.split(".")
         setattr(getattr(c, sect), name, value)
     if c.encoder.name != (args.encoder or scale["encoder"]):  # Table V picks its encoder
@@ -225,7 +252,7 @@ def build_config(cell: Cell, args, scale: dict):
         if c.encoder.name != STAND_IN and args.image_size is None:
             c.encoder.image_size = 0  # the checkpoint's own resolution
     c.partition.alpha = max(c.partition.alpha, scale.get("min_alpha", 0.0))
-    if scale.get("max_al_rounds"):
+    if scale.get("max_al_rounds") and c.method == "active":
         c.active.rounds = min(c.active.rounds, scale["max_al_rounds"])
     t = c.train
     paper_rounds = cell.rounds or 100
@@ -283,44 +310,110 @@ def availability(cell: Cell, args, config) -> str | None:
     return None
 
 
-def run_cell(cell: Cell, args, scale: dict, out: Path, memo: dict | None = None) -> dict:
-    """Run one cell (or reuse the result of an identical config run earlier: with
-    --substitute, several columns resolve to the same job)."""
+def cell_workdir(cell: Cell, out: Path, seed: int) -> Path:
+    """A cell's run directory at one seed. A baseline's R_AL = 4 and 8 rows share one: the
+    longer run holds the shorter (its first AL rounds do not depend on how many follow)."""
+    name = _slug(cell.row) if cell.method == "fast" else f"{cell.method}_{_slug(cell.row.split(' (')[0])}"
+    return out / f"table_{cell.table}" / (f"{name}__{_slug(cell.column)}" + (f"__seed{seed}" if seed else ""))
+
+
+def _job_key(config) -> str:
+    """Cells whose runs are one run: the same config, a baseline's AL rounds aside (the
+    longest run answers the shorter rows; with --substitute several columns are one job)."""
+    c = config.copy_and_resolve_references()
+    c.unlock()
+    if c.method == "active":
+        c.active.rounds = 0
+        c.labeling.budget = 0.0  # the loop's budget is its AL rounds; the table's label only
+    return c.to_json(sort_keys=True)
+
+
+def plan(cells: list[Cell], args, scale: dict, out: Path):
+    """The jobs a table's cells need: returns (records, jobs, uses). records: one per cell
+    (its status says why a cell cannot run); jobs: the distinct (config, workdir) runs,
+    each baseline run at the most AL rounds any of its cells reads; uses: (cell index,
+    seed, job index, AL rounds to read or None) for every run cell and seed."""
     from fastjax.config import needs_encoder
 
-    config = build_config(cell, args, scale)
-    why = availability(cell, args, config)
-    rec = {"row": cell.row, "column": cell.column, "method": cell.method,
-           "dataset": config.data.name,
-           "encoder": config.encoder.name if needs_encoder(config) else None,
-           "overrides": dict(cell.overrides)}
-    if why:
-        return {**rec, "status": why}
-    key = (cell.method, config.to_json(sort_keys=True))
-    if memo is not None and key in memo:
-        return {**memo[key], **rec}
-    # A baseline's R_AL = 4 and 8 rows share a directory: the longer run continues the shorter.
-    name = _slug(cell.row) if cell.method == "fast" else f"{cell.method}_{_slug(cell.row.split(' (')[0])}"
-    workdir = out / f"table_{cell.table}" / f"{name}__{_slug(cell.column)}"
-    try:
-        s = METHODS[cell.method](config, workdir, args.progress)
-    except (ValueError, FloatingPointError) as e:  # one bad cell must not end a long run
-        print(f"[reproduce] {cell.table} | {cell.row} | {cell.column} FAILED: {e}", flush=True)
-        return {**rec, "status": f"failed: {str(e).splitlines()[0]}"}
+    records, jobs, uses, by_key = [], [], [], {}
+    for ci, cell in enumerate(cells):
+        config = build_config(cell, args, scale)
+        why = availability(cell, args, config)
+        records.append({"row": cell.row, "column": cell.column, "method": cell.method,
+                        "dataset": config.data.name,
+                        "encoder": config.encoder.name if needs_encoder(config) else None,
+                        "overrides": dict(cell.overrides), **({"status": why} if why else {})})
+        if why:
+            continue
+        for seed in range(args.seeds):
+            config = build_config(cell, args, scale, seed)
+            key = _job_key(config)
+            if key not in by_key:
+                by_key[key] = len(jobs)
+                jobs.append((config, cell_workdir(cell, out, seed)))
+            j = by_key[key]
+            r_al = config.active.rounds if config.method == "active" else None
+            if r_al is not None and r_al > jobs[j][0].active.rounds:
+                jobs[j] = (config, jobs[j][1])
+            uses.append((ci, seed, j, r_al))
+    return records, jobs, uses
+
+
+def seed_record(summary, workdir: Path, r_al: int | None) -> dict:
+    """One seed's numbers of a cell from its run's summary (a baseline's at AL round r_al)."""
     from fastjax.federate.checkpoints import MetricsLog
 
+    if isinstance(summary, BaseException):
+        return {"status": f"failed: {str(summary).splitlines()[0] if str(summary) else type(summary).__name__}"}
     hist = MetricsLog(workdir / "metrics.jsonl").read()
-    done = {**rec, "status": "ran", "final_accuracy": s["final_accuracy"],
-            "best_accuracy": s["best_accuracy"], "annotations": s["annotations"],
-            "weak_label_accuracy": s.get("weak_label_accuracy"),
-            "weak_label_accuracy_before": s.get("weak_label_accuracy_before_refinement"),
-            "comm_mib": s["comm_mib"], "seconds": s["wall_seconds"]["total"],
-            "rounds": s.get("rounds", s.get("fl_rounds")), "encoder_note": s.get("encoder", {}).get("note"),
-            "encoder_image_size": s.get("encoder", {}).get("image_size"),
+    if r_al is not None:  # a baseline's row: its first r_al AL rounds
+        upto = summary["al_rounds"][:r_al]
+        last = upto[-1]
+        return {"status": "ran", "final_accuracy": last["final_accuracy"],
+                "best_accuracy": max(a["best_accuracy"] for a in upto), "annotations": last["annotations"],
+                "weak_label_accuracy": None, "weak_label_accuracy_before": None, "comm_mib": last["comm_mib"],
+                "seconds": sum(a["query_seconds"] + a["train_seconds"] for a in upto),
+                "rounds": last["fl_rounds"], "encoder_note": None, "encoder_image_size": None,
+                "curve": [(h["round"], h["accuracy"]) for h in hist
+                          if "accuracy" in h and h["round"] <= last["fl_rounds"]]}
+    return {"status": "ran", "final_accuracy": summary["final_accuracy"],
+            "best_accuracy": summary["best_accuracy"], "annotations": summary["annotations"],
+            "weak_label_accuracy": summary.get("weak_label_accuracy"),
+            "weak_label_accuracy_before": summary.get("weak_label_accuracy_before_refinement"),
+            "comm_mib": summary["comm_mib"], "seconds": summary["wall_seconds"]["total"],
+            "rounds": summary.get("rounds", summary.get("fl_rounds")),
+            "encoder_note": summary.get("encoder", {}).get("note"),
+            "encoder_image_size": summary.get("encoder", {}).get("image_size"),
             "curve": [(h["round"], h["accuracy"]) for h in hist if "accuracy" in h]}
-    if memo is not None:
-        memo[key] = done
-    return done
+
+
+SPREAD = ("final_accuracy", "best_accuracy", "weak_label_accuracy")  # mean +- std over seeds
+
+
+def over_seeds(record: dict, per_seed: list[dict]) -> dict:
+    """A cell's record from its seeds' numbers: the mean of each (and the std of the
+    accuracies), the mean curve; a cell with a failed seed is failed, naming the seed."""
+    out = {**record, "seeds": len(per_seed)}
+    bad = [(s, r) for s, r in enumerate(per_seed) if r["status"] != "ran"]
+    if bad:
+        s, r = bad[0]
+        return {**out, "status": r["status"] if len(per_seed) == 1 else f"failed: seed {s}: {r['status'][8:]}"}
+    out["status"] = "ran"
+    for k, v in per_seed[0].items():
+        if k in ("status", "curve") or v is None or not isinstance(v, (int, float)):
+            out[k] = v if k != "curve" else None
+            continue
+        vals = np.array([r[k] for r in per_seed], float)
+        out[k] = float(vals.mean()) if len(vals) > 1 or isinstance(v, float) else v
+        if k in SPREAD and len(vals) > 1:
+            out[f"{k}_std"] = float(vals.std())
+    n = min(len(r["curve"]) for r in per_seed)
+    out["curve"] = [(per_seed[0]["curve"][i][0], float(np.mean([r["curve"][i][1] for r in per_seed])))
+                    for i in range(n)]
+    if len(per_seed) > 1:
+        out["per_seed"] = [{k: r[k] for k in ("final_accuracy", "best_accuracy", "comm_mib", "annotations")}
+                           for r in per_seed]
+    return out
 
 
 # -------------------------------------------------------------------- reporting
@@ -335,11 +428,13 @@ def _paper_num(x) -> str:
 
 
 def _ours(rec: dict | None, key="final_accuracy") -> str:
+    """Our number (with +- the std over seeds when several ran)."""
     if rec is None:
         return "-"
     if rec["status"] != "ran":
         return "n/a"
-    return _pct(rec[key])
+    std = rec.get(f"{key}_std")
+    return _pct(rec[key]) + (f" +- {100 * std:.2f}" if std is not None else "")
 
 
 def paper_scale_mib(dataset: str, seeds: int = 500, dim: int = 768, clients: int = 10,
@@ -478,7 +573,13 @@ def header_lines(args, scale_name: str, scale: dict, recs: list[dict]) -> list[s
               f"{scale['local_steps'] or scale['local_epochs']} local "
               f"{'steps' if scale['local_steps'] else 'epochs'}, batch {scale['batch_size']}")
     v = info.get("versions", {})
+    seeds = [r.get("seeds", 1) for r in recs if r["status"] == "ran"]
+    runs = ("each cell's runs alone, one after another (--solo)" if args.solo else
+            "every run of the table as one sweep (their FL rounds trained jointly; a run's seconds "
+            "include the joint training it shared: --solo for per-run times)")
     return [f"scale: {scale_name} ({size}; {rounds}){sub}",
+            f"seeds: {max(seeds, default=args.seeds)} per cell" + (" (ours: mean +- std over seeds)"
+                                                                 if args.seeds > 1 else "") + f"; {runs}",
             f"encoder: {encs or 'none ran'}" + ("" if "siglip" in encs else
                                                " - not the paper's SigLIP ViT-B/16"),
             f"variant: {variant}",
@@ -534,13 +635,20 @@ def reproduce(table: str, args) -> dict:
     print(f"[reproduce] table {table}: {len(cells)} cells at the {scale_name} scale "
           f"(train images: {scale['train_limit'] or 'all'}, FL rounds: {scale['rounds'] or 'as in the paper'})",
           flush=True)
-    recs, memo = [], {}
-    clock = common.RunClock(len(cells), log=lambda m: print(f"[reproduce] {m}", flush=True))
-    for cell in cells:
-        rec = run_cell(cell, args, scale, out, memo)
-        recs.append(rec)
-        status = (f"{_pct(rec['final_accuracy'])}%" if rec["status"] == "ran" else rec["status"])
-        clock.tick(f"{table} | {cell.row} | {cell.column}: {status}")
+    records, jobs, uses = plan(cells, args, scale, out)
+    ran = sorted({ci for ci, *_ in uses})
+    print(f"[reproduce] table {table}: {len(ran)} cells x {args.seeds} seed(s) = {len(jobs)} runs "
+          + ("one at a time (--solo)" if args.solo else "as one sweep (rounds trained jointly)"), flush=True)
+    t0 = time.perf_counter()
+    results = run_jobs(jobs, args) if jobs else []
+    per_cell: dict[int, list] = {}
+    for ci, seed, j, r_al in uses:
+        per_cell.setdefault(ci, []).append(seed_record(results[j], jobs[j][1], r_al))
+    recs = [over_seeds(rec, per_cell[ci]) if ci in per_cell else rec for ci, rec in enumerate(records)]
+    for k, (cell, rec) in enumerate(zip(cells, recs), 1):
+        status = f"{_ours(rec)}%" if rec["status"] == "ran" else rec["status"]
+        print(f"[reproduce] [{k}/{len(cells)}] {table} | {cell.row} | {cell.column}: {status}", flush=True)
+    print(f"[reproduce] table {table}: {len(jobs)} runs in {common.duration(time.perf_counter() - t0)}", flush=True)
     md = render(table, spec, recs, header_lines(args, scale_name, scale, recs))
     (out / f"table_{table}.md").write_text(md)
     result = {"table": table, "scale": scale_name, "variant": args.variant, "cells": recs}
@@ -555,8 +663,14 @@ def parse_args(argv=None):
     from benchmarks import common
 
     p = common.ArgumentParser(description=__doc__)
-    p.add_argument("--table", required=True,
-                   help=f"comma-separated, from {', '.join(TABLES)}, or 'all'")
+    p.add_argument("--table", default="", help=f"comma-separated, from {', '.join(TABLES)}, or 'all'")
+    p.add_argument("--all", action="store_true", help="every table and figure (--table all)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per cell (0..N-1); the tables show mean +- std over them")
+    p.add_argument("--experiments-per-call", type=int, default=0,
+                   help="experiments per compiled call of a table's sweep (0: every one of a group)")
+    p.add_argument("--solo", action="store_true",
+                   help="run the cells one after another, each alone (per-run wall times), not as one sweep")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="minutes per cell on a 2-core CPU")
     size.add_argument("--tiny", action="store_true", help="CI's smoke run: seconds per cell")
@@ -586,7 +700,17 @@ def parse_args(argv=None):
             p.error(f"{flag} {value!r}; allowed: {', '.join(sorted(allowed))}")
     if args.image_size is not None and args.image_size < 0:
         p.error(f"--image-size must be >= 0 (0: the checkpoint's own size), got {args.image_size}")
-    tables = TABLES if args.table == "all" else tuple(args.table.split(","))
+    if args.all and args.table not in ("", "all"):
+        p.error(f"give --all or --table {args.table}, not both")
+    if not args.all and not args.table:
+        p.error("give --table (e.g. --table I, or I,III) or --all")
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.experiments_per_call < 0:
+        p.error(f"--experiments-per-call must be >= 0, got {args.experiments_per_call}")
+    if args.solo and args.experiments_per_call:
+        p.error("--solo runs one experiment at a time; drop --experiments-per-call")
+    tables = TABLES if args.all or args.table == "all" else tuple(args.table.split(","))
     bad = [t for t in tables if t not in TABLES]
     if bad:
         p.error(f"unknown table(s) {bad}; allowed: {', '.join(TABLES)} or all")

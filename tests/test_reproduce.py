@@ -109,8 +109,7 @@ def test_bad_options_fail_in_one_line_before_any_cell(argv, word, capsys):
 def _no_runs(monkeypatch):
     """Cells that would run, and a runner that must never be called."""
     monkeypatch.setattr(reproduce, "availability", lambda cell, args, config: None)
-    monkeypatch.setattr(reproduce, "METHODS", {m: lambda c, w, p: pytest.fail("a cell ran")
-                                               for m in reproduce.METHODS})
+    monkeypatch.setattr(reproduce, "run_jobs", lambda jobs, args: pytest.fail("a cell ran"))
 
 
 def test_every_cell_is_checked_before_the_first_runs(monkeypatch, tmp_path, capsys):
@@ -130,12 +129,43 @@ def test_every_cell_is_checked_before_the_first_runs(monkeypatch, tmp_path, caps
 def test_a_failed_cell_makes_the_exit_status_1(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(reproduce, "availability", lambda cell, args, config: None)
 
-    def boom(config, workdir, progress):
-        raise ValueError("diverged")
-
-    monkeypatch.setattr(reproduce, "METHODS", {**reproduce.METHODS, "fast": boom})
+    monkeypatch.setattr(reproduce, "run_jobs", lambda jobs, args: [ValueError("diverged")] * len(jobs))
     code = reproduce.cli(["--table", "VI", "--tiny", "--datasets", "cifar10", "--out", str(tmp_path)])
     out = capsys.readouterr()
     assert code == 1 and "failed: diverged" in out.err and "[4/4]" in out.out
     table = json.loads((tmp_path / "tiny" / "table_VI.json").read_text())
     assert {c["status"] for c in table["cells"]} == {"failed: diverged"}
+
+
+@pytest.mark.slow  # 4 runs, 8 AL rounds, ~35 s
+@needs_offline_assets
+def test_a_table_runs_as_one_sweep_over_seeds(tmp_path, monkeypatch, capsys):
+    """Table I's column (a baseline at R_AL = 4 and 8, FAST) at two seeds: one sweep of four
+    runs (each baseline once, its R = 4 row read off the first 4 AL rounds); the cells show
+    mean +- std over seeds, each seed's numbers those of its solo fastjax.main run; a rerun
+    answers from the finished runs."""
+    from fastjax import main as fast_main
+
+    monkeypatch.setitem(reproduce.SCALES, "tiny", {**reproduce.SCALES["tiny"], "max_al_rounds": 0})
+    calls = []
+    real = reproduce.run_jobs
+    monkeypatch.setattr(reproduce, "run_jobs", lambda jobs, args: calls.append(len(jobs)) or real(jobs, args))
+    argv = ["--table", "I", "--tiny", "--substitute", "mnist", "--model", "linear", "--methods", "fast,random",
+            "--datasets", "cifar10", "--seeds", "2", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "emb")]
+    res = reproduce.main(argv)["I"]
+    assert calls == [4]
+    cells = {c["row"]: c for c in res["cells"]}
+    r4, r8, fast = cells["Random (R_AL=4)"], cells["Random (R_AL=8)"], cells["FAST"]
+    assert {c["status"] for c in (r4, r8, fast)} == {"ran"} and r8["seeds"] == 2
+    assert r4["rounds"] == 4 and r8["rounds"] == 8 and r4["annotations"] < r8["annotations"]
+    md = (tmp_path / "tiny" / "table_I.md").read_text()
+    assert "seeds: 2 per cell (ours: mean +- std over seeds)" in md and " +- " in md.split("| FAST |")[1]
+    # Seed 1 of the baseline, alone: the numbers of both its rows.
+    args, _ = reproduce.parse_args(argv)
+    cell = next(c for c in reproduce.selected_cells("I", args) if c.row == "Random (R_AL=8)")
+    solo = fast_main.run(reproduce.build_config(cell, args, reproduce.SCALES["tiny"], seed=1),
+                         tmp_path / "solo", progress=False)
+    assert r8["per_seed"][1]["final_accuracy"] == solo["final_accuracy"]
+    assert r4["per_seed"][1]["final_accuracy"] == solo["al_rounds"][3]["final_accuracy"]
+    again = reproduce.main(argv)["I"]
+    assert [c["final_accuracy"] for c in again["cells"]] == [c["final_accuracy"] for c in res["cells"]]
