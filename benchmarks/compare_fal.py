@@ -10,6 +10,10 @@ inter-class diversity partition, 5% initial + 5% per AL round, 100 FL rounds per
 round) for max(--al-rounds) AL rounds; the rows for R = 4 and R = 8 are read off the
 same run (a run's first R AL rounds do not depend on how many follow). FAST runs once
 (1% seed, 5% budget, 100 FL rounds) on the same partition, model and training options.
+All runs (with --seeds N, each method at seeds --seed .. --seed+N-1) run as one sweep
+(`fastjax.sweep.run_jobs`): each is an ordinary work directory, and their FL rounds train
+jointly, the runs that share a compiled round as one computation; the table shows mean
++- std over seeds. --solo runs them one after another instead (per-run wall times).
 Writes under --out: compare.json, compare.md (Table I / III style, the paper's figures
 beside ours), fig2.png (accuracy against FL rounds, FAST's best as a horizontal line)
 and accuracy_vs_mib.png. Each run lives in its own work directory, so an interrupted
@@ -22,7 +26,8 @@ smoke run. Measured on a 2-core CPU, CIFAR-10, all nine baselines and FAST: --qu
 dominates; 4.5 CPU-minutes, 17 minutes wall on a heavily loaded machine); the default
 (the paper's scale: 8 AL rounds x 100 FL rounds per baseline on all 50,000 images) takes
 days on a CPU. Before the first run the plan is
-printed (runs, rounds, images), and after each run the time left is estimated.
+printed (runs, rounds, images, seeds); each run logs its AL and FL rounds (--solo: after
+each run the time left is estimated).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,7 +55,7 @@ TINY = {"train_limit": 600, "test_limit": 200, "clients": 3, "fl_rounds": 2, "lo
         "batch_size": 16, "al_rounds": (1, 2), "image_size": 32}  # CI's smoke run
 
 
-def _common(c, args, size):
+def _common(c, args, size, seed: int | None = None):
     c.data.name = args.dataset
     c.data.root = args.data_root or ""
     c.data.train_limit = size["train_limit"]
@@ -61,25 +68,25 @@ def _common(c, args, size):
     c.train.batch_size = size["batch_size"]
     c.train.lr = args.lr
     c.train.eval_every = 1
-    c.seed = args.seed
+    c.seed = args.seed if seed is None else seed
     return c
 
 
-def active_config(args, size, strategy: str):
+def active_config(args, size, strategy: str, seed: int | None = None):
     from fastjax.active.presets import apply_preset
     from fastjax.config import base_config
 
     c = apply_preset(base_config(), args.preset)
-    c = _common(c, args, size)
+    c = _common(c, args, size, seed)
     c.active.strategy = strategy
     c.active.rounds = max(size["al_rounds"])
     return c
 
 
-def fast_config(args, size):
+def fast_config(args, size, seed: int | None = None):
     from fastjax.config import base_config
 
-    c = _common(base_config(), args, size)
+    c = _common(base_config(), args, size, seed)
     c.method = "fast"
     c.labeling.budget = args.fast_budget
     c.encoder.name = args.encoder
@@ -121,24 +128,55 @@ def plan(args, size) -> str:
     if not args.no_fast:
         lines.append(f"      FAST: {args.encoder} embeds {images} once (cached), then "
                      f"{size['fl_rounds']} FL rounds")
+    if args.seeds > 1:
+        lines.append(f"      each at {args.seeds} seeds ({args.seed}..{args.seed + args.seeds - 1})")
     return "\n".join(lines)
 
 
+def run_dir(out: Path, method: str, seed_index: int) -> Path:
+    """A run's work directory: <out>/<method> for the first seed, <method>__seed<k> after."""
+    return out / (method if seed_index == 0 else f"{method}__seed{seed_index}")
+
+
 def run_all(args, size, log=print) -> dict:
-    from benchmarks import common
-    from fastjax import main as fast_main
+    """Every run (each strategy and FAST, at each of --seeds seeds) as one sweep: their FL
+    rounds train jointly (`fastjax.sweep.run_jobs`), or one after another with --solo.
+    A run that fails is recorded with its error; the others finish."""
+    from fastjax import sweep
 
     out = Path(args.out)
-    results = {"size": size, "args": {k: v for k, v in vars(args).items()}, "strategies": {}}
-    clock = common.RunClock(len(args.strategies) + (not args.no_fast), log=log)
-    for s in args.strategies:
-        summary = fast_main.run(active_config(args, size, s), out / s, progress=args.progress)
-        results["strategies"][s] = {"summary": summary, "metrics": _metrics(out / s)}
-        clock.tick(f"{s}: accuracy {summary['final_accuracy']:.4f} after {summary['fl_rounds']} FL rounds")
-    if not args.no_fast:
-        summary = fast_main.run(fast_config(args, size), out / "fast", progress=args.progress)
-        results["fast"] = {"summary": summary, "metrics": _metrics(out / "fast")}
-        clock.tick(f"fast: accuracy {summary['final_accuracy']:.4f}")
+    names, jobs = [], []
+    for k in range(args.seeds):
+        seed = args.seed + k
+        for s in args.strategies:
+            names.append((s, seed))
+            jobs.append((active_config(args, size, s, seed), run_dir(out, s, k)))
+        if not args.no_fast:
+            names.append(("fast", seed))
+            jobs.append((fast_config(args, size, seed), run_dir(out, "fast", k)))
+    t0 = time.perf_counter()
+    if args.solo:
+        from benchmarks import common
+
+        clock = common.RunClock(len(jobs), log=log)
+        res = []
+        for (name, seed), job in zip(names, jobs):
+            res += sweep.run_jobs([job])
+            clock.tick(f"{name} seed {seed}: " + (f"accuracy {res[-1]['final_accuracy']:.4f}"
+                                                  if isinstance(res[-1], dict) else f"FAILED: {res[-1]}"))
+    else:
+        log(f"{len(jobs)} runs as one sweep (their FL rounds trained jointly)")
+        res = sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call)
+        log(f"{len(jobs)} runs in {time.perf_counter() - t0:.0f} s")
+    results = {"size": size, "args": {k: v for k, v in vars(args).items()}, "strategies": {}, "failed": []}
+    for (name, seed), r, (_, workdir) in zip(names, res, jobs):
+        if not isinstance(r, dict):
+            results["failed"].append({"method": name, "seed": seed, "error": f"{type(r).__name__}: {r}"})
+            log(f"{name} seed {seed} FAILED: {r}")
+            continue
+        run = {"seed": seed, "summary": r, "metrics": _metrics(workdir)}
+        target = results if name == "fast" else results["strategies"]
+        target.setdefault(name, {"runs": []})["runs"].append(run)
     return results
 
 
@@ -148,27 +186,46 @@ def _metrics(workdir: Path) -> list[dict]:
     return MetricsLog(workdir / "metrics.jsonl").read()
 
 
+def _run_rows(method: str, summary: dict, al_rounds) -> list[dict]:
+    """One run's rows: a baseline's at each reported R (read off its AL rounds), FAST's one."""
+    if method == "fast":
+        f = summary
+        return [{"method": "fast", "R_AL": 1, "accuracy": f["final_accuracy"], "last5": f["last5_accuracy"],
+                 "mib": f["comm_mib"], "query_s": f["wall_seconds"]["encode"] + f["wall_seconds"]["label"],
+                 "train_s": f["wall_seconds"]["train"], "annotations": f["annotations"], "fl_rounds": f["rounds"]}]
+    by_round = {x["al_round"]: x for x in summary["al_rounds"]}
+    rows = []
+    for R in al_rounds:
+        if R not in by_round:
+            continue
+        upto = [by_round[a] for a in range(1, R + 1)]
+        x = by_round[R]
+        rows.append({"method": method, "R_AL": R, "accuracy": x["final_accuracy"], "last5": x["last5_accuracy"],
+                     "mib": x["comm_mib"], "query_s": sum(u["query_seconds"] for u in upto),
+                     "train_s": sum(u["train_seconds"] for u in upto), "annotations": x["annotations"],
+                     "fl_rounds": x["fl_rounds"]})
+    return rows
+
+
 def table_rows(results: dict, al_rounds) -> list[dict]:
     """One row per (strategy, R) plus FAST: accuracy final and mean of the last 5 FL rounds,
-    MiB, wall seconds (query + train), annotations, FL rounds."""
-    rows = []
-    for s, r in results["strategies"].items():
-        by_round = {x["al_round"]: x for x in r["summary"]["al_rounds"]}
-        for R in al_rounds:
-            if R not in by_round:
-                continue
-            upto = [by_round[a] for a in range(1, R + 1)]
-            x = by_round[R]
-            rows.append({"method": s, "R_AL": R, "accuracy": x["final_accuracy"], "last5": x["last5_accuracy"],
-                         "mib": x["comm_mib"], "query_s": sum(u["query_seconds"] for u in upto),
-                         "train_s": sum(u["train_seconds"] for u in upto), "annotations": x["annotations"],
-                         "fl_rounds": x["fl_rounds"]})
+    MiB, wall seconds (query + train), annotations, FL rounds; with several seeds the mean
+    over them, the accuracies' std (`accuracy_std`, `last5_std`) and `seeds`."""
+    methods = [(s, r) for s, r in results["strategies"].items()]
     if "fast" in results:
-        f = results["fast"]["summary"]
-        rows.append({"method": "fast", "R_AL": 1, "accuracy": f["final_accuracy"], "last5": f["last5_accuracy"],
-                     "mib": f["comm_mib"], "query_s": f["wall_seconds"]["encode"] + f["wall_seconds"]["label"],
-                     "train_s": f["wall_seconds"]["train"], "annotations": f["annotations"],
-                     "fl_rounds": f["rounds"]})
+        methods.append(("fast", results["fast"]))
+    rows = []
+    for method, entry in methods:
+        per_seed = [_run_rows(method, run["summary"], al_rounds) for run in entry["runs"]]
+        for i, first in enumerate(per_seed[0]):
+            same = [rs[i] for rs in per_seed if len(rs) > i]
+            row = {k: (float(np.mean([r[k] for r in same])) if len(same) > 1 and k not in ("method", "R_AL")
+                       else v) for k, v in first.items()}
+            row["seeds"] = len(same)
+            if len(same) > 1:
+                row["accuracy_std"] = float(np.std([r["accuracy"] for r in same]))
+                row["last5_std"] = float(np.std([r["last5"] for r in same]))
+            rows.append(row)
     return rows
 
 
@@ -180,15 +237,22 @@ def markdown(rows: list[dict], paper: dict, header: str) -> str:
              "| method | R_AL | accuracy % (final) | accuracy % (mean last 5) | paper % | MiB | paper MB "
              "| query s | train s | paper s | annotations | FL rounds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    def acc(r, key):
+        std = r.get(f"{'accuracy' if key == 'accuracy' else 'last5'}_std")
+        return f"{100 * r[key]:.2f}" + (f" +- {100 * std:.2f}" if std is not None else "")
+
     for r in rows:
         p = paper.get((r["method"], r["R_AL"]), {})
-        lines.append(f"| {r['method']} | {r['R_AL']} | {100 * r['accuracy']:.2f} | {100 * r['last5']:.2f} | "
+        lines.append(f"| {r['method']} | {r['R_AL']} | {acc(r, 'accuracy')} | {acc(r, 'last5')} | "
                      f"{num(p.get('accuracy'), '.2f')} | {r['mib']:.1f} | {num(p.get('mib'), '.2f')} | "
                      f"{r['query_s']:.1f} | {r['train_s']:.1f} | {num(p.get('seconds'), '.0f')} | "
                      f"{r['annotations']} | {r['fl_rounds']} |")
     lines += ["", "FAST's query s is its encoding plus both labeling passes; a baseline's is the sum of "
               "its AL rounds' queries (local-only training for LoGo, the clients' last local models "
               "for KAFAL). Paper MB are MiB (benchmarks/paper_tables.json)."]
+    seeds = max((r.get("seeds", 1) for r in rows), default=1)
+    if seeds > 1:
+        lines += [f"Accuracies: mean +- std over {seeds} seeds; the other columns their mean."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,15 +264,25 @@ def plots(results: dict, out: Path):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     fig2, ax2 = plt.subplots(figsize=(7, 4))
+    def curve(entry):
+        """Mean accuracy over seeds at each evaluated round, its std and the mean MiB."""
+        evs = [[m for m in run["metrics"] if "accuracy" in m] for run in entry["runs"]]
+        n = min(len(e) for e in evs)
+        acc = np.array([[m["accuracy"] for m in e[:n]] for e in evs])
+        mib = np.mean([[m["comm_mib"] for m in e[:n]] for e in evs], axis=0)
+        return [m["round"] for m in evs[0][:n]], mib, acc.mean(0), acc.std(0)
+
     for i, (s, r) in enumerate(results["strategies"].items()):
-        ev = [m for m in r["metrics"] if "accuracy" in m]
-        ax.plot([m["round"] for m in ev], [m["accuracy"] for m in ev], label=s, lw=1.2, color=f"C{i}")
-        ax2.plot([m["comm_mib"] for m in ev], [m["accuracy"] for m in ev], label=s, lw=1.2, color=f"C{i}")
+        x, mib, mu, sd = curve(r)
+        for a, xs in ((ax, x), (ax2, mib)):
+            a.plot(xs, mu, label=s, lw=1.2, color=f"C{i % 10}")
+            if len(r["runs"]) > 1:
+                a.fill_between(xs, mu - sd, mu + sd, color=f"C{i % 10}", alpha=0.15)
     if "fast" in results:
-        ev = [m for m in results["fast"]["metrics"] if "accuracy" in m]
-        best = max(m["accuracy"] for m in ev)
+        x, mib, mu, sd = curve(results["fast"])
+        best = float(mu.max())
         ax.axhline(best, color="grey", lw=2, label=f"FAST best ({100 * best:.1f}%)")
-        ax2.plot([m["comm_mib"] for m in ev], [m["accuracy"] for m in ev], label="FAST", lw=2, color="grey")
+        ax2.plot(mib, mu, label="FAST", lw=2, color="grey")
     ax.set(xlabel="FL round", ylabel="test accuracy", title="accuracy against FL rounds (cf. paper Fig. 2)")
     ax2.set(xlabel="MiB communicated (up + down)", ylabel="test accuracy", title="accuracy against communication")
     for a, f, name in ((ax, fig, "fig2.png"), (ax2, fig2, "accuracy_vs_mib.png")):
@@ -247,7 +321,13 @@ def main(argv=None):
     p.add_argument("--fast-budget", type=float, default=0.05)
     p.add_argument("--al-rounds", type=_al_rounds, default=None,
                    help="AL round counts to report, e.g. 4,8 (default: 4,8; --quick 2,3; --tiny 1,2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per method (--seed, --seed+1, ...): the table shows mean +- std over them")
+    p.add_argument("--experiments-per-call", type=int, default=0,
+                   help="runs per compiled call of the sweep (0: every run of a group)")
+    p.add_argument("--solo", action="store_true",
+                   help="one run after another, each alone (per-run wall times), not as one sweep")
     p.add_argument("--no-fast", action="store_true", help="run the baselines only")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the per-run lines with the time left remain)")
@@ -259,12 +339,16 @@ def main(argv=None):
     size = dict(TINY if args.tiny else QUICK if args.quick else FULL)
     if args.al_rounds:
         size["al_rounds"] = args.al_rounds
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.experiments_per_call < 0:
+        p.error(f"--experiments-per-call must be >= 0, got {args.experiments_per_call}")
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGIES)}")
     try:  # a preset's own check raises on building
-        configs = [active_config(args, size, s) for s in args.strategies]
-        configs += [] if args.no_fast else [fast_config(args, size)]
+        configs = [active_config(args, size, s, args.seed + k) for s in args.strategies for k in range(args.seeds)]
+        configs += [] if args.no_fast else [fast_config(args, size, args.seed + k) for k in range(args.seeds)]
     except ValueError as e:
         p.error(str(e))
     common.preflight(p, configs, args.out, args.dataset, args.data_root)  # before any run
@@ -283,11 +367,18 @@ def main(argv=None):
               f"FAST: {args.encoder} encoder, {args.fast_budget:.0%} budget. "
               + (f"Paper: {paper} (SigLIP, full data)." if paper else "The paper prints no table for this partition."))
     md = markdown(rows, paper_numbers(args.dataset, args.partition), header)
+    if results["failed"]:
+        md += "\nFailed runs (left out of the table):\n" + "".join(
+            f"- {f['method']} seed {f['seed']}: {f['error']}\n" for f in results["failed"])
     (out / "compare.md").write_text(md)
     (out / "compare.json").write_text(json.dumps({**results, "rows": rows}, indent=1, default=str))
     plots(results, out)
     print(md)
     print(common.device_line(results["device"]))
+    if results["failed"]:
+        f = results["failed"][0]
+        common.fail(f"{len(results['failed'])} run(s) failed ({f['method']} seed {f['seed']}: {f['error']}); "
+                    f"see {out / 'compare.json'}", prog="compare_fal.py", code=1)
 
 
 if __name__ == "__main__":

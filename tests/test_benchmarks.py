@@ -86,6 +86,7 @@ def test_compare_fal_tiny(tiny_folder, tmp_path):
     res = json.loads((out / "compare.json").read_text())
     rows = {(r["method"], r["R_AL"]): r for r in res["rows"]}
     assert set(rows) == {("random", 1), ("random", 2), ("kafal", 1), ("kafal", 2), ("fast", 1)}
+    assert res["failed"] == [] and [r["seed"] for r in res["strategies"]["kafal"]["runs"]] == [0]
     # The same model and accounting for everyone: MiB per FL round equal across methods.
     per_round = {m: r["mib"] / r["fl_rounds"] for (m, _), r in rows.items() if m != "fast"}
     assert len({round(v, 9) for v in per_round.values()}) == 1
@@ -94,6 +95,32 @@ def test_compare_fal_tiny(tiny_folder, tmp_path):
     assert "| kafal | 2 |" in md and "| fast | 1 |" in md
     for png in ("fig2.png", "accuracy_vs_mib.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_fal_rows_are_means_over_seeds():
+    """Two seeds of a baseline and FAST: each row the mean of the seeds' rows, with the
+    accuracies' std, and the markdown shows mean +- std."""
+    from benchmarks import compare_fal
+
+    def loop(acc):
+        return {"al_rounds": [{"al_round": a, "final_accuracy": acc * a, "last5_accuracy": acc * a,
+                               "comm_mib": 2.0 * a, "query_seconds": 1.0, "train_seconds": 3.0,
+                               "annotations": 10 * a, "fl_rounds": 5 * a} for a in (1, 2)]}
+
+    fast = {"final_accuracy": 0.5, "last5_accuracy": 0.4, "comm_mib": 4.0, "annotations": 7, "rounds": 5,
+            "wall_seconds": {"encode": 1.0, "label": 1.0, "train": 2.0}}
+    results = {"strategies": {"random": {"runs": [{"seed": 0, "summary": loop(0.2)},
+                                                  {"seed": 1, "summary": loop(0.4)}]}},
+               "fast": {"runs": [{"seed": 0, "summary": fast}]}}
+    rows = compare_fal.table_rows(results, (1, 2))
+    r2 = next(r for r in rows if r["method"] == "random" and r["R_AL"] == 2)
+    assert r2["accuracy"] == pytest.approx(0.6) and r2["accuracy_std"] == pytest.approx(0.2)
+    assert r2["seeds"] == 2 and r2["annotations"] == 20 and r2["query_s"] == 2.0 and r2["train_s"] == 6.0
+    f = rows[-1]
+    assert f["method"] == "fast" and f["seeds"] == 1 and "accuracy_std" not in f and f["query_s"] == 2.0
+    md = compare_fal.markdown(rows, {}, "header")
+    assert "| random | 2 | 60.00 +- 20.00 |" in md and "| fast | 1 | 50.00 | 40.00 |" in md
+    assert "mean +- std over 2 seeds" in md
 
 
 def test_compare_fal_refuses_bad_input_before_the_first_run(tmp_path, capsys):
