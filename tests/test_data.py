@@ -936,3 +936,24 @@ def test_not_found_names_the_fetch_command_for_what_fetch_serves(tmp_path, monke
                     _hint_messages(tmp_path, monkeypatch)))
     assert "python -m fastjax.fetch cifar10 --data-root DIR" in msgs["cifar10"]
     assert "fastjax.fetch" not in msgs["imagefolder"]
+
+
+def test_shared_loads_hold_a_dataset_once_and_read_only(tmp_path, monkeypatch):
+    """Within shared_loads (a sweep) every caller gets the same decoded splits, read-only;
+    outside it each call reads afresh and may write."""
+    from fastjax.data import load_train_test, shared_loads
+    from tests.conftest import write_image_folder
+
+    monkeypatch.setenv("FASTJAX_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(tmp_path / "f", n_train=12, n_test=4, classes=2, size=8)
+    with shared_loads():
+        a = load_train_test("imagefolder", root)
+        with shared_loads():  # nested: the outer loads
+            b = load_train_test("imagefolder", root)
+        assert a[0] is b[0] and a[1] is b[1]
+        assert not a[0].images.flags.writeable and not a[1].labels.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            a[0].images[0, 0, 0, 0] = 1
+    c = load_train_test("imagefolder", root)
+    assert c[0] is not a[0] and c[0].images.flags.writeable
+    np.testing.assert_array_equal(c[0].images, a[0].images)

@@ -5,8 +5,8 @@ once and cached; see `fastjax.data.loaders` for the formats each dataset is read
 """
 
 from fastjax.data.errors import DatasetCorruptError, DatasetNotFoundError
-from fastjax.data.loaders import DATASETS, load_dataset, load_train_test
+from fastjax.data.loaders import DATASETS, load_dataset, load_train_test, shared_loads
 from fastjax.data.types import Dataset
 
 __all__ = ["DATASETS", "Dataset", "DatasetCorruptError", "DatasetNotFoundError",
-           "load_dataset", "load_train_test"]
+           "load_dataset", "load_train_test", "shared_loads"]

@@ -12,6 +12,7 @@ smaller dataset; only checked reads are cached (see `fastjax.data.cache`).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -424,8 +425,50 @@ def load_dataset(name: str, split: str, data_root=None, **options) -> Dataset:
     return ds
 
 
+# Loads shared within `shared_loads()` (a sweep's experiments): (name, root, options) ->
+# (train, test), their arrays read-only; None outside.
+_SHARED: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_loads():
+    """Within it, `load_train_test` reads each dataset once and every caller gets the same
+    (train, test), their arrays made read-only (a write raises instead of reaching another
+    experiment): a sweep's E experiments hold the decoded dataset once on the host, as the
+    device holds it once. Nested uses share the outermost's loads; outside it every call
+    reads afresh (files may change between runs)."""
+    global _SHARED
+    outer = _SHARED is not None
+    if not outer:
+        _SHARED = {}
+    try:
+        yield
+    finally:
+        if not outer:
+            _SHARED = None
+
+
+def _read_only(ds: Dataset) -> Dataset:
+    for v in vars(ds).values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
+    return ds
+
+
 def load_train_test(name: str, data_root=None, **options) -> tuple[Dataset, Dataset]:
-    """(train, test) splits of one dataset, sharing one label map."""
+    """(train, test) splits of one dataset, sharing one label map (and, within
+    `shared_loads()`, shared with every other caller)."""
+    shared = _SHARED
+    key = (name, str(data_root), repr(sorted(options.items())))
+    if shared is not None and key in shared:
+        return shared[key]
+    train, test = _load_train_test(name, data_root, **options)
+    if shared is not None:
+        shared[key] = (_read_only(train), _read_only(test))
+    return train, test
+
+
+def _load_train_test(name: str, data_root=None, **options) -> tuple[Dataset, Dataset]:
     train = load_dataset(name, "train", data_root, **options)
     test = load_dataset(name, "test", data_root, **options)
     if train.class_names != test.class_names:
