@@ -57,20 +57,21 @@ def _assert_same(a, b):
     assert a.comm_mib == pytest.approx(b.comm_mib)
 
 
+@pytest.mark.parametrize("axis", ["vmap", "map"])
 @pytest.mark.parametrize("strategy,kw", [("vmap", {}), ("sequential", {}),
                                          pytest.param("bucketed", {}, marks=pytest.mark.slow),
                                          pytest.param("chunked", {"client_chunk": 2}, marks=pytest.mark.slow)])
-def test_experiments_equal_their_solo_fits(strategy, kw, tmp_path):
+def test_experiments_equal_their_solo_fits(strategy, kw, axis, tmp_path):
     """Two experiments (seeds, learning rates, FedNova, a participation draw) as one
-    computation under each execution strategy: each equals its own engine.fit, and
-    writes the same metrics rows."""
+    computation under each execution strategy, lifted over experiments by vmap or
+    lax.map: each equals its own engine.fit, and writes the same metrics rows."""
     x, y = _blob_data()
     reqs = [_request(x, y, s, lr, strategy=strategy, aggregator="fednova", participation=0.67, **kw)
             for s, lr in ((0, 0.05), (2, 0.1))]
-    files = strategy == "vmap"  # work directories once (orbax saves are slow on a loaded CPU)
+    files = strategy == "vmap" and axis == "vmap"  # work directories once (orbax saves are slow on a loaded CPU)
     for i, r in enumerate(reqs):
         r.options["workdir"] = tmp_path / f"joint{i}" if files else None
-    joint = experiments.fit_experiments(reqs)
+    joint = experiments.fit_experiments(reqs, axis=axis)
     for i, (r, res) in enumerate(zip(reqs, joint)):
         solo = _solo(r, workdir=tmp_path / f"solo{i}" if files else None)
         _assert_same(res, solo)
@@ -346,3 +347,14 @@ def test_two_process_sweep_equals_one_process(tiny_folder, tmp_path):
         assert [r["final_accuracy"] for r in listed if r["experiment"] == name] == [one["final_accuracy"]]
         jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-6),
                      final_checkpoint(tmp_path / "two" / name), final_checkpoint(tmp_path / "one" / name))
+
+
+def test_the_experiment_axis_choice():
+    from fastjax.federate import stacked
+
+    assert stacked.experiment_axis("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert stacked.experiment_axis("auto", mesh=experiments.experiment_mesh()) == "vmap"
+    with pytest.raises(ValueError, match="runs on one device"):
+        stacked.experiment_axis("map", mesh=experiments.experiment_mesh())
+    with pytest.raises(ValueError, match="allowed: auto, vmap, map"):
+        stacked.experiment_axis("pmap")

@@ -33,8 +33,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from fastjax.federate import engine, execution
-from fastjax.federate.stacked import (device_inputs, experiment_mesh, fn_key, make_experiment_eval,
-                                      make_experiment_round, placement, share)
+from fastjax.federate.stacked import (device_inputs, experiment_axis, experiment_mesh, fn_key,
+                                      make_experiment_eval, make_experiment_round, placement, share)
 
 __all__ = ["FitRequest", "Rendezvous", "experiment_bytes", "experiment_mesh", "fit_experiments", "fit_group",
            "signature", "stack_inputs"]
@@ -147,10 +147,11 @@ def _flush(ex: _Experiment, losses: dict, hits: dict, e: int, live_vars, r_now: 
         engine.save_checkpoint(ex.run, r_now, jax.tree.map(lambda a: a[e], live_vars))
 
 
-def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
+def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None, axis: str = "auto") -> list:
     """Run requests that share one `signature` as one computation; returns each one's
     `engine.FitResult`, or the exception that stopped it. mesh: an `experiment_mesh` to
-    split the experiments over (None: the default device)."""
+    split the experiments over (None: the default device). axis: how the round is lifted
+    over experiments (`stacked.experiment_axis`: vmap, map, or auto)."""
     r0 = reqs[0]
     spec0, o0 = r0.spec, r0.options
     offset = o0.get("round_offset", 0)
@@ -166,7 +167,7 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     if not live:
         return out
     group = [reqs[i] for i in live]
-    put, round_fn, evaluate, inputs, variables = _place_group(group, mesh)
+    put, round_fn, evaluate, inputs, variables = _place_group(group, mesh, experiment_axis(axis, mesh))
     bytes_per_client = engine.state_bytes(r0.variables)
     keep_before_last = bool(o0.get("keep_before_last"))
     losses: dict = {}
@@ -211,7 +212,7 @@ def fit_group(reqs: list[FitRequest], *, mesh: Mesh | None = None) -> list:
     return out
 
 
-def _place_group(group: list[FitRequest], mesh: Mesh | None):
+def _place_group(group: list[FitRequest], mesh: Mesh | None, how: str):
     """A group's compiled round and evaluation (built once per kind), its inputs placed on
     the device(s): returns (put, round_fn, evaluate, {"train": (data, index, y), "test":
     (data, offsets, y)}, stacked variables); put places per-experiment arrays."""
@@ -220,11 +221,11 @@ def _place_group(group: list[FitRequest], mesh: Mesh | None):
     obj = o0.get("objective")
     compiled = (engine.local_spec(spec0), spec0.aggregator, spec0.strategy, spec0.client_chunk, spec0.chunk_memory_mb)
     round_fn = _memo(("round", r0.model, compiled, fn_key(r0.preprocess), o0.get("mesh"),
-                      fn_key(obj) if obj is not None else None),
-                     lambda: make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), obj))
+                      fn_key(obj) if obj is not None else None, how),
+                     lambda: make_experiment_round(r0.model, spec0, r0.preprocess, o0.get("mesh"), obj, how))
     n_test = len(r0.test_x)
-    evaluate = _memo(("eval", r0.model, fn_key(r0.preprocess), n_test, spec0.eval_batch_size),
-                     lambda: make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size))
+    evaluate = _memo(("eval", r0.model, fn_key(r0.preprocess), n_test, spec0.eval_batch_size, how),
+                     lambda: make_experiment_eval(r0.model, r0.preprocess, n_test, spec0.eval_batch_size, how))
     put, put_shared = placement(mesh, len(group))
     data, index, y = stack_inputs(group)
     test = share([np.asarray(r.test_x) for r in group])
@@ -254,7 +255,7 @@ def experiment_bytes(req: FitRequest) -> int:
 
 
 def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, memory_mb: float = 0,
-                    mesh: Mesh | None = None) -> list:
+                    mesh: Mesh | None = None, axis: str = "auto") -> list:
     """`engine.fit` for many requests: grouped by `signature`, each group run as one
     computation of at most `experiments_per_call` experiments (0: all, or as many as fit
     `memory_mb` of device memory by `experiment_bytes`) at a time, groups
@@ -273,7 +274,7 @@ def fit_experiments(reqs: list[FitRequest], *, experiments_per_call: int = 0, me
         for s in range(0, len(members), step):
             part = members[s:s + step]
             try:
-                res = fit_group([reqs[i] for i in part], mesh=mesh)
+                res = fit_group([reqs[i] for i in part], mesh=mesh, axis=axis)
             except Exception as err:  # noqa: BLE001 - this group's experiments fail, not the others'
                 res = [err] * len(part)
             for i, r in zip(part, res):
@@ -289,13 +290,13 @@ class Rendezvous:
     time (the baton), so stages that are not thread-safe (plots) stay safe."""
 
     def __init__(self, experiments: int, *, experiments_per_call: int = 0, memory_mb: float = 0,
-                 mesh: Mesh | None = None):
+                 mesh: Mesh | None = None, axis: str = "auto"):
         self._cond = threading.Condition()
         self._running = experiments
         self._waiting: dict[int, FitRequest] = {}
         self._results: dict[int, Any] = {}
         self._per_call, self._memory_mb = experiments_per_call, memory_mb
-        self._mesh = mesh
+        self._mesh, self._axis = mesh, experiment_axis(axis, mesh)
 
     def __enter__(self):  # the baton, held while a thread runs its own host code
         self._cond.acquire()
@@ -326,7 +327,7 @@ class Rendezvous:
         self._waiting.clear()
         try:
             res = fit_experiments(reqs, experiments_per_call=self._per_call, memory_mb=self._memory_mb,
-                                  mesh=self._mesh)
+                                  mesh=self._mesh, axis=self._axis)
         except BaseException as err:  # noqa: BLE001 - every waiter learns of it
             res = [err] * len(reqs)
         self._results.update(zip(ids, res))

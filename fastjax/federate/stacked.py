@@ -2,9 +2,11 @@
 as one program, and where their arrays live (`experiments` runs the rounds).
 
 `make_experiment_round` lifts the one-experiment round (the one-client local update
-lifted by any execution strategy, then aggregation) with `jax.vmap` over experiments:
+lifted by any execution strategy, then aggregation) over experiments, with `jax.vmap`
+(one batched program) or `lax.map` (one after another in one call: `experiment_axis`):
 global variables stacked (E, ...), clients (E, K, ...), aggregation and evaluation per
-experiment. The local update is still written once, for one client.
+experiment. The local update is still written once, for one client; the lift over
+experiments is a switch, as the lift over clients is.
 
 Data shared, not copied: clients hold indices (E, K, capacity) into one device-resident
 copy of every distinct training set of the group (`share`); the local update gathers
@@ -48,8 +50,38 @@ def _digest(a: np.ndarray) -> str:
 # --------------------------------------------------------------------- compiled parts
 
 
+# How the one-experiment round is lifted over the experiment axis: "vmap" (one batched
+# program: the accelerator's choice) or "map" (`lax.map`: the experiments one after another
+# inside one compiled call, still without a host round trip; on a CPU, whose cores a
+# batched small model does not fill better, this runs at the solo runs' speed).
+EXPERIMENT_AXES = ("vmap", "map")
+
+
+def experiment_axis(how: str = "auto", mesh=None) -> str:
+    """The lift to use: "auto" is "map" on a CPU backend without a mesh, else "vmap"."""
+    if how not in EXPERIMENT_AXES + ("auto",):
+        raise ValueError(f"experiment axis {how!r}; allowed: auto, {', '.join(EXPERIMENT_AXES)}")
+    if how == "map" and mesh is not None:
+        raise ValueError("the experiment axis 'map' runs on one device; a mesh splits experiments with 'vmap'")
+    if how == "auto":
+        return "map" if mesh is None and jax.default_backend() == "cpu" else "vmap"
+    return how
+
+
+def _lift(one: Callable, how: str) -> Callable:
+    """one(per_experiment, shared, *per_experiment) lifted over the leading experiment axis of
+    every argument but the second (the shared data)."""
+    if how == "vmap":
+        return jax.vmap(one, in_axes=(0, None) + (0,) * (one.__code__.co_argcount - 2))
+
+    def mapped(first, shared, *rest):
+        return jax.lax.map(lambda a: one(a[0], shared, *a[1:]), (first, *rest))
+
+    return mapped
+
+
 def make_experiment_round(model, spec: engine.TrainSpec, preprocess: Callable, mesh=None,
-                          objective: Callable | None = None):
+                          objective: Callable | None = None, how: str = "vmap"):
     """One jitted round of E experiments:
 
     round(vars (E, ...), data (N, ...), index (E, K, cap), y (E, K, cap, ...), n (E, m),
@@ -73,7 +105,7 @@ def make_experiment_round(model, spec: engine.TrainSpec, preprocess: Callable, m
         new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, global_vars)
         return new, stats
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, 0, 0, 0, 0, 0, 0)))
+    return jax.jit(_lift(one, how))
 
 
 def eval_batch(n: int, batch_size: int) -> int:
@@ -81,7 +113,7 @@ def eval_batch(n: int, batch_size: int) -> int:
     return max(1, min(batch_size, 1 << max(n - 1, 0).bit_length()))
 
 
-def make_experiment_eval(model, preprocess: Callable, n: int, batch_size: int):
+def make_experiment_eval(model, preprocess: Callable, n: int, batch_size: int, how: str = "vmap"):
     """hits(vars (E, ...), data (N, ...), offset (E,), y (E, n)) -> (E, n) bool: whether
     each experiment's model predicts its test samples data[offset_e : offset_e + n]."""
     bs = eval_batch(n, batch_size)
@@ -93,7 +125,7 @@ def make_experiment_eval(model, preprocess: Callable, n: int, batch_size: int):
                                                 axis=-1), ix)
         return pred.reshape(-1)[:n] == y
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0)))
+    return jax.jit(_lift(one, how))
 
 
 # ----------------------------------------------------------------------- shared data
