@@ -166,7 +166,8 @@ def run_all(args, size, log=print) -> dict:
                                                   if isinstance(res[-1], dict) else f"FAILED: {res[-1]}"))
     else:
         log(f"{len(jobs)} runs as one sweep (their FL rounds trained jointly)")
-        res = sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call)
+        res = sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call,
+                              axis=args.experiment_axis)
         log(f"{len(jobs)} runs in {time.perf_counter() - t0:.0f} s")
     results = {"size": size, "args": {k: v for k, v in vars(args).items()}, "strategies": {}, "failed": []}
     for (name, seed), r, (_, workdir) in zip(names, res, jobs):
@@ -328,6 +329,9 @@ def main(argv=None):
                    help="runs per compiled call of the sweep (0: every run of a group)")
     p.add_argument("--solo", action="store_true",
                    help="one run after another, each alone (per-run wall times), not as one sweep")
+    p.add_argument("--experiment-axis", default="auto", choices=("auto", "vmap", "map"),
+                   help="the sweep's round over experiments: one batched program (vmap) or one after "
+                        "another in one compiled call (map); auto: map on a CPU, vmap on an accelerator")
     p.add_argument("--no-fast", action="store_true", help="run the baselines only")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the per-run lines with the time left remain)")

@@ -212,7 +212,7 @@ def run_jobs(jobs: list, args) -> list:
             out += sweep.run_jobs([job])
             print(f"[reproduce] run {k}/{len(jobs)} done: {job[1]}", flush=True)
         return out
-    return sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call)
+    return sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call, axis=args.experiment_axis)
 
 
 def build_config(cell: Cell, args, scale: dict, seed: int = 0):
@@ -671,6 +671,9 @@ def parse_args(argv=None):
                    help="experiments per compiled call of a table's sweep (0: every one of a group)")
     p.add_argument("--solo", action="store_true",
                    help="run the cells one after another, each alone (per-run wall times), not as one sweep")
+    p.add_argument("--experiment-axis", default="auto", choices=("auto", "vmap", "map"),
+                   help="the sweep's round over experiments: one batched program (vmap) or one after "
+                        "another in one compiled call (map); auto: map on a CPU, vmap on an accelerator")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="minutes per cell on a 2-core CPU")
     size.add_argument("--tiny", action="store_true", help="CI's smoke run: seconds per cell")

@@ -2,7 +2,7 @@
 
     python -m fastjax.sweep --config configs/cifar10_active.py \
         --sweep active.strategy=random,entropy,badge --sweep seed=0,1,2 --workdir runs/sweep \
-        [--config.train.rounds=5 ...] [--experiments_per_call=0]
+        [--config.train.rounds=5 ...] [--experiments_per_call=0] [--experiment_axis=auto|vmap|map]
         [--distributed | --coordinator HOST:PORT --num_processes N --process_id I]
 
 The config file and `--config.*` overrides are `fastjax.main`'s; each `--sweep key=v1,v2`
@@ -218,14 +218,17 @@ def _barrier(name: str, procs: Processes, timeout_ms: int = 600_000) -> None:
 EXPLAINED = (ValueError, FloatingPointError, FileNotFoundError, PermissionError)
 
 
-def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0, mesh=None) -> list:
+def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0, mesh=None,
+             axis: str = "auto") -> list:
     """Run (or resume) `fastjax.main` jobs, each a (config, workdir), jointly: every job's
     host stages run as its own `fastjax.main.run` would (one at a time), and their federated
     rounds train together (`experiments.Rendezvous`: jobs whose compiled round is the same
     form a group; groups run one after another). Returns, per job in order, its summary or
     the exception that stopped it (the others go on). This is a sweep without a grid: the
-    benchmarks run their tables through it. Two jobs in one work directory are refused
-    (one run's files must never mix with another's)."""
+    benchmarks run their tables through it. Jobs reading one dataset share its decoded
+    arrays on the host (`data.shared_loads`, read-only). Two jobs in one work directory
+    are refused (one run's files must never mix with another's)."""
+    from fastjax import data
     from fastjax import main as fastjax_main
     from fastjax.federate.experiments import Rendezvous
 
@@ -235,7 +238,8 @@ def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0,
         if key in seen:
             raise ValueError(f"jobs {seen[key]} and {i} share the work directory {wd}; give each its own")
         seen[key] = i
-    rv = Rendezvous(len(jobs), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
+    rv = Rendezvous(len(jobs), experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh,
+                    axis=axis)
     results: list = [None] * len(jobs)
 
     def one(i, cfg, wd):
@@ -248,20 +252,23 @@ def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0,
                     traceback.print_exc()
 
     threads = [threading.Thread(target=one, args=(i, cfg, wd), daemon=True) for i, (cfg, wd) in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():  # a timed join: Ctrl-C reaches the main thread
-            t.join(0.5)
+    with data.shared_loads():  # the jobs' datasets decoded and held once on the host
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():  # a timed join: Ctrl-C reaches the main thread
+                t.join(0.5)
     return results
 
 
 def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: int = 0,
-              memory_mb: float = 0, mesh=None, processes: Processes | None = None, log=None) -> list[dict]:
+              memory_mb: float = 0, mesh=None, processes: Processes | None = None, log=None,
+              axis: str = "auto") -> list[dict]:
     """Run (or resume) every experiment of the grid; returns one row per experiment
     (also written to sweep.json / sweep.md / sweep.png). experiments_per_call / memory_mb:
     experiments per compiled call, given or from a device-memory budget. mesh: split each group's
     experiments over its devices (`experiments.experiment_mesh`; this process's devices).
+    axis: the round lifted over experiments by vmap or lax.map (`stacked.experiment_axis`).
     processes (`connect`): this process runs its `share` of the grid; every process returns
     the whole grid's rows, process 0 writes the files."""
     from fastjax.federate.checkpoints import atomic_write_text
@@ -284,7 +291,7 @@ def run_sweep(config, axes: dict[str, list], workdir, *, experiments_per_call: i
     log(f"sweep: {len(grid)} experiments over {', '.join(axes)} in {workdir}"
         + (f"; process {procs.index} of {procs.count} runs {mine.start + 1}-{mine.stop}" if procs.count > 1 else ""))
     res = run_jobs([(grid[i][1], workdir / experiment_name(grid[i][0])) for i in mine],
-                   experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh)
+                   experiments_per_call=experiments_per_call, memory_mb=memory_mb, mesh=mesh, axis=axis)
     results = dict(zip(mine, res))
     rows = []
     for i in mine:
@@ -401,6 +408,8 @@ def main(argv=None):
     flags.DEFINE_float("experiment_memory_mb", 0.0, "or: as many experiments per call as fit this device "
                        "memory (MiB)")
     flags.DEFINE_bool("shard_experiments", False, "split each group's experiments over this process's devices")
+    flags.DEFINE_enum("experiment_axis", "auto", ["auto", "vmap", "map"], "the round over experiments: one "
+                      "batched program (vmap), or one after another in one call (map); auto: map on a CPU")
     flags.DEFINE_bool("distributed", False, "one of several processes, found by jax.distributed's cluster "
                       "detection (SLURM, Open MPI, Cloud TPU); each runs its share of the grid")
     flags.DEFINE_string("coordinator", None, "or: process 0's HOST:PORT (a free port), with --num_processes "
@@ -446,7 +455,8 @@ def main(argv=None):
 
                 mesh = experiment_mesh()
             rows = run_sweep(f.config, axes, workdir, experiments_per_call=f.experiments_per_call,
-                             memory_mb=f.experiment_memory_mb, mesh=mesh, processes=procs)
+                             memory_mb=f.experiment_memory_mb, mesh=mesh, processes=procs,
+                             axis=f.experiment_axis)
             if procs is not None:
                 procs.close()  # after the last barrier: every process has its rows
         except KeyboardInterrupt:
