@@ -244,6 +244,30 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return super()._format_action(action)
 
 
+def add_sweep_options(p, seeds_help: str) -> None:
+    """The options of a benchmark that runs through one sweep (`fastjax.sweep.run_jobs`):
+    --seeds, --experiments-per-call, --solo, --experiment-axis (checked by
+    `check_sweep_options`)."""
+    p.add_argument("--seeds", type=int, default=1, help=seeds_help)
+    p.add_argument("--experiments-per-call", type=int, default=0,
+                   help="runs per compiled call of the sweep (0: every run of a group)")
+    p.add_argument("--solo", action="store_true",
+                   help="one run after another, each alone (per-run wall times), not as one sweep")
+    p.add_argument("--experiment-axis", default="auto", choices=("auto", "vmap", "map"),
+                   help="the sweep's round over experiments: one batched program (vmap) or one after "
+                        "another in one compiled call (map); auto: map on a CPU, vmap on an accelerator")
+
+
+def check_sweep_options(p, args) -> None:
+    """One-line errors (p.error) for the options `add_sweep_options` adds."""
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.experiments_per_call < 0:
+        p.error(f"--experiments-per-call must be >= 0, got {args.experiments_per_call}")
+    if args.solo and args.experiments_per_call:
+        p.error("--solo runs one experiment at a time; drop --experiments-per-call")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The benchmarks' parser: defaults shown in `--help`, errors in one line (exit 2)."""
 

@@ -323,15 +323,7 @@ def main(argv=None):
     p.add_argument("--al-rounds", type=_al_rounds, default=None,
                    help="AL round counts to report, e.g. 4,8 (default: 4,8; --quick 2,3; --tiny 1,2)")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="seeds per method (--seed, --seed+1, ...): the table shows mean +- std over them")
-    p.add_argument("--experiments-per-call", type=int, default=0,
-                   help="runs per compiled call of the sweep (0: every run of a group)")
-    p.add_argument("--solo", action="store_true",
-                   help="one run after another, each alone (per-run wall times), not as one sweep")
-    p.add_argument("--experiment-axis", default="auto", choices=("auto", "vmap", "map"),
-                   help="the sweep's round over experiments: one batched program (vmap) or one after "
-                        "another in one compiled call (map); auto: map on a CPU, vmap on an accelerator")
+    common.add_sweep_options(p, "seeds per method (--seed, --seed+1, ...): the table shows mean +- std over them")
     p.add_argument("--no-fast", action="store_true", help="run the baselines only")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the per-run lines with the time left remain)")
@@ -343,10 +335,7 @@ def main(argv=None):
     size = dict(TINY if args.tiny else QUICK if args.quick else FULL)
     if args.al_rounds:
         size["al_rounds"] = args.al_rounds
-    if args.seeds < 1:
-        p.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.experiments_per_call < 0:
-        p.error(f"--experiments-per-call must be >= 0, got {args.experiments_per_call}")
+    common.check_sweep_options(p, args)
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGIES)}")

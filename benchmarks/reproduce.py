@@ -665,15 +665,7 @@ def parse_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     p.add_argument("--table", default="", help=f"comma-separated, from {', '.join(TABLES)}, or 'all'")
     p.add_argument("--all", action="store_true", help="every table and figure (--table all)")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="seeds per cell (0..N-1); the tables show mean +- std over them")
-    p.add_argument("--experiments-per-call", type=int, default=0,
-                   help="experiments per compiled call of a table's sweep (0: every one of a group)")
-    p.add_argument("--solo", action="store_true",
-                   help="run the cells one after another, each alone (per-run wall times), not as one sweep")
-    p.add_argument("--experiment-axis", default="auto", choices=("auto", "vmap", "map"),
-                   help="the sweep's round over experiments: one batched program (vmap) or one after "
-                        "another in one compiled call (map); auto: map on a CPU, vmap on an accelerator")
+    common.add_sweep_options(p, "seeds per cell (0..N-1); the tables show mean +- std over them")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="minutes per cell on a 2-core CPU")
     size.add_argument("--tiny", action="store_true", help="CI's smoke run: seconds per cell")
@@ -707,12 +699,7 @@ def parse_args(argv=None):
         p.error(f"give --all or --table {args.table}, not both")
     if not args.all and not args.table:
         p.error("give --table (e.g. --table I, or I,III) or --all")
-    if args.seeds < 1:
-        p.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.experiments_per_call < 0:
-        p.error(f"--experiments-per-call must be >= 0, got {args.experiments_per_call}")
-    if args.solo and args.experiments_per_call:
-        p.error("--solo runs one experiment at a time; drop --experiments-per-call")
+    common.check_sweep_options(p, args)
     tables = TABLES if args.all or args.table == "all" else tuple(args.table.split(","))
     bad = [t for t in tables if t not in TABLES]
     if bad:

@@ -98,7 +98,10 @@ def test_table3_runs_tiny_on_cifar10(tmp_path):
 @pytest.mark.parametrize("argv, word", [(["--model", "nosuch"], "--model 'nosuch'"),
                                         (["--strategy", "nosuch"], "--strategy 'nosuch'"),
                                         (["--encoder", "nosuch"], "--encoder 'nosuch'"),
-                                        (["--image-size", "-5"], "--image-size must be >= 0")])
+                                        (["--image-size", "-5"], "--image-size must be >= 0"),
+                                        (["--seeds", "0"], "--seeds must be >= 1"),
+                                        (["--solo", "--experiments-per-call", "2"], "--solo runs one"),
+                                        (["--all"], "give --all or --table II, not both")])
 def test_bad_options_fail_in_one_line_before_any_cell(argv, word, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce.parse_args(["--table", "II", "--tiny", *argv])
