@@ -208,6 +208,7 @@ def test_what_the_partition_decides_fails_before_training(tiny_folder, tmp_path,
 # ------------------------------------------------------------------ the three that change training
 
 
+@pytest.mark.slow  # three KAFAL loops, ~50 s
 def test_kafal_resumed_at_an_al_boundary_equals_uninterrupted(tiny_folder, tmp_path):
     # The query of AL round 2 needs each client's model after its last local update of AL
     # round 1; a fresh process recomputes them from the checkpoint before that round.
@@ -261,6 +262,7 @@ def test_kcfu_without_distillation_and_uniform_counts_is_plain_cross_entropy():
     assert not np.allclose(later["params"]["head"]["kernel"], kcfu["params"]["head"]["kernel"])
 
 
+@pytest.mark.slow  # KCFU under four strategies, ~30 s
 def test_kcfu_trains_alike_under_every_execution_strategy():
     """KCFU's objective (distilling, round 1) is written once for one client: vmap,
     sequential, chunked, bucketed and sharded rounds give the same global model."""

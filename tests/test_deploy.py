@@ -143,6 +143,7 @@ def test_the_server_evaluates_each_round_like_the_simulation(reference, deployed
             assert (workdir.parent / f"site{k}" / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # CNN-4 across sites with FedNova, ~45 s
 def test_sites_reproduce_cnn4_with_fednova(reference, tmp_path):
     """Images travel as pixels (per-channel standardisation from the sites' sums), CNN-4's
     BatchNorm statistics are averaged, FedNova's normalised steps are the simulation's."""
@@ -578,6 +579,7 @@ def test_flower_deployment_matches_the_simulation(reference, flower_cluster):
     assert summary["comm_mib"] == pytest.approx(ref["comm_mib"])
 
 
+@pytest.mark.slow  # a Flower cluster losing a SuperNode, ~35 s
 @flower
 def test_flower_supernode_dropping_out_mid_run(reference, flower_cluster):
     """Runs last in this module: it stops SuperNode 1. The run fails clearly at the next

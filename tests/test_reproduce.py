@@ -84,6 +84,7 @@ def test_every_table_runs_tiny_on_mnist(tmp_path, capsys):
     assert vi["0%"]["annotations"] == 0 < vi["5%"]["annotations"] < vi["80%"]["annotations"]
 
 
+@pytest.mark.slow  # real CIFAR-10, one table end to end, ~30 s
 @needs_offline_assets
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg").exists(),
                     reason="the CIFAR-10 archive is not in ../shared/data")

@@ -306,6 +306,7 @@ def test_share_splits_the_grid_in_blocks():
         assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
 
 
+@pytest.mark.slow  # three processes' sweeps, ~40 s
 def test_two_process_sweep_equals_one_process(tiny_folder, tmp_path):
     """Two processes on 127.0.0.1 (JAX's coordination service) each run their share of a
     two-experiment sweep; each experiment ends with the parameters of the one-process
