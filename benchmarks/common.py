@@ -253,7 +253,9 @@ def add_sweep_options(p, seeds_help: str) -> None:
                    help="runs per compiled call of the sweep (0: every run of a group)")
     p.add_argument("--solo", action="store_true",
                    help="one run after another, each alone (per-run wall times), not as one sweep")
-    p.add_argument("--experiment-axis", default="auto", choices=("auto", "vmap", "map"),
+    from fastjax.federate.stacked import EXPERIMENT_AXES
+
+    p.add_argument("--experiment-axis", default="auto", choices=("auto", *EXPERIMENT_AXES),
                    help="the sweep's round over experiments: one batched program (vmap) or one after "
                         "another in one compiled call (map); auto: map on a CPU, vmap on an accelerator")
 

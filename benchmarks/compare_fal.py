@@ -161,7 +161,7 @@ def run_all(args, size, log=print) -> dict:
         clock = common.RunClock(len(jobs), log=log)
         res = []
         for (name, seed), job in zip(names, jobs):
-            res += sweep.run_jobs([job])
+            res += sweep.run_jobs([job], progress=args.progress)
             clock.tick(f"{name} seed {seed}: " + (f"accuracy {res[-1]['final_accuracy']:.4f}"
                                                   if isinstance(res[-1], dict) else f"FAILED: {res[-1]}"))
     else:
@@ -326,7 +326,7 @@ def main(argv=None):
     common.add_sweep_options(p, "seeds per method (--seed, --seed+1, ...): the table shows mean +- std over them")
     p.add_argument("--no-fast", action="store_true", help="run the baselines only")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (the per-run lines with the time left remain)")
+                   help="no progress bars inside a --solo run (a sweep's runs show none; their log lines remain)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help=f"CPU-sized: {QUICK_TIME} on 2 cores")
     scale.add_argument("--tiny", action="store_true", help=f"CI's smoke run: {TINY_TIME} on 2 cores")

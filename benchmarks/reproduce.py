@@ -209,7 +209,7 @@ def run_jobs(jobs: list, args) -> list:
     if args.solo:
         out = []
         for k, job in enumerate(jobs, 1):
-            out += sweep.run_jobs([job])
+            out += sweep.run_jobs([job], progress=args.progress)
             print(f"[reproduce] run {k}/{len(jobs)} done: {job[1]}", flush=True)
         return out
     return sweep.run_jobs(jobs, experiments_per_call=args.experiments_per_call, axis=args.experiment_axis)
@@ -324,7 +324,6 @@ def _job_key(config) -> str:
     c.unlock()
     if c.method == "active":
         c.active.rounds = 0
-        c.labeling.budget = 0.0  # the loop's budget is its AL rounds; the table's label only
     return c.to_json(sort_keys=True)
 
 
@@ -400,12 +399,14 @@ def over_seeds(record: dict, per_seed: list[dict]) -> dict:
         return {**out, "status": r["status"] if len(per_seed) == 1 else f"failed: seed {s}: {r['status'][8:]}"}
     out["status"] = "ran"
     for k, v in per_seed[0].items():
-        if k in ("status", "curve") or v is None or not isinstance(v, (int, float)):
-            out[k] = v if k != "curve" else None
+        if k in ("status", "curve"):
+            continue
+        if not isinstance(v, (int, float)) or len(per_seed) == 1:  # text, None, or one seed's own value
+            out[k] = v
             continue
         vals = np.array([r[k] for r in per_seed], float)
-        out[k] = float(vals.mean()) if len(vals) > 1 or isinstance(v, float) else v
-        if k in SPREAD and len(vals) > 1:
+        out[k] = float(vals.mean())
+        if k in SPREAD:
             out[f"{k}_std"] = float(vals.std())
     n = min(len(r["curve"]) for r in per_seed)
     out["curve"] = [(per_seed[0]["curve"][i][0], float(np.mean([r["curve"][i][1] for r in per_seed])))
@@ -683,7 +684,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default="",
                    help="embedding cache directory (empty: ~/.cache/fastjax/embeddings)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars inside a cell (the per-cell lines with the time left remain)")
+                   help="no progress bars inside a --solo run (a sweep's runs show none; their log lines remain)")
     args = p.parse_args(argv)
     from fastjax.encode import ENCODERS
     from fastjax.federate.execution import STRATEGIES as EXECUTION

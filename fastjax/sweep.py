@@ -219,7 +219,7 @@ EXPLAINED = (ValueError, FloatingPointError, FileNotFoundError, PermissionError)
 
 
 def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0, mesh=None,
-             axis: str = "auto") -> list:
+             axis: str = "auto", progress: bool = False) -> list:
     """Run (or resume) `fastjax.main` jobs, each a (config, workdir), jointly: every job's
     host stages run as its own `fastjax.main.run` would (one at a time), and their federated
     rounds train together (`experiments.Rendezvous`: jobs whose compiled round is the same
@@ -227,7 +227,8 @@ def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0,
     the exception that stopped it (the others go on). This is a sweep without a grid: the
     benchmarks run their tables through it. Jobs reading one dataset share its decoded
     arrays on the host (`data.shared_loads`, read-only). Two jobs in one work directory
-    are refused (one run's files must never mix with another's)."""
+    are refused (one run's files must never mix with another's). progress: progress bars,
+    for a single job only (several jobs' bars would interleave)."""
     from fastjax import data
     from fastjax import main as fastjax_main
     from fastjax.federate.experiments import Rendezvous
@@ -245,7 +246,8 @@ def run_jobs(jobs: list, *, experiments_per_call: int = 0, memory_mb: float = 0,
     def one(i, cfg, wd):
         with rv:
             try:
-                results[i] = fastjax_main.run(cfg, Path(wd), progress=False, fit_fn=rv.fit)
+                results[i] = fastjax_main.run(cfg, Path(wd), progress=progress and len(jobs) == 1,
+                                              fit_fn=rv.fit)
             except Exception as e:  # noqa: BLE001 - that job fails; the others go on
                 results[i] = e
                 if not isinstance(e, EXPLAINED):
@@ -400,6 +402,7 @@ def main(argv=None):
     from ml_collections import config_flags
 
     from fastjax import main as fastjax_main
+    from fastjax.federate.stacked import EXPERIMENT_AXES
 
     config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:preset]", lock_config=True)
     flags.DEFINE_multi_string("sweep", [], "key=value1,value2,... (repeat for more axes)")
@@ -408,7 +411,7 @@ def main(argv=None):
     flags.DEFINE_float("experiment_memory_mb", 0.0, "or: as many experiments per call as fit this device "
                        "memory (MiB)")
     flags.DEFINE_bool("shard_experiments", False, "split each group's experiments over this process's devices")
-    flags.DEFINE_enum("experiment_axis", "auto", ["auto", "vmap", "map"], "the round over experiments: one "
+    flags.DEFINE_enum("experiment_axis", "auto", ["auto", *EXPERIMENT_AXES], "the round over experiments: one "
                       "batched program (vmap), or one after another in one call (map); auto: map on a CPU")
     flags.DEFINE_bool("distributed", False, "one of several processes, found by jax.distributed's cluster "
                       "detection (SLURM, Open MPI, Cloud TPU); each runs its share of the grid")
